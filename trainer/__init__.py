@@ -1,0 +1,1 @@
+"""Strong lottery tickets in generative models: the science (generator, masks, search, data, metrics)."""

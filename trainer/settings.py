@@ -1,0 +1,57 @@
+"""The trainer's typed settings, read from the environment once (SLT_HOME and weight files)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Where the trainer keeps datasets, masks and caches, and optional local weight files."""
+
+    home: Path
+    vgg19_weights: Path | None = None  # SLT_VGG19_WEIGHTS: local ImageNet VGG19 file
+    inception_weights: Path | None = None  # SLT_INCEPTION_WEIGHTS: local FID Inception file
+    device: str = "auto"  # SLT_DEVICE: auto | cpu | cuda
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.home / "masks"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> TrainerSettings:
+        env = dict(os.environ if env is None else env)
+        opt = lambda name: Path(env[name]).expanduser() if env.get(name) else None  # noqa: E731
+        return cls(
+            home=Path(env.get("SLT_HOME") or "./var").expanduser().resolve(),
+            vgg19_weights=opt("SLT_VGG19_WEIGHTS"),
+            inception_weights=opt("SLT_INCEPTION_WEIGHTS"),
+            device=env.get("SLT_DEVICE", "auto"),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> TrainerSettings:
+    """The process-wide settings (tests build their own with `TrainerSettings.from_env`)."""
+    return TrainerSettings.from_env()
+
+
+def resolve_device(name: str = "auto") -> str:
+    """Map `auto` to `cuda` when a GPU is present, else `cpu`."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA GPU is available")
+    return name
