@@ -1,0 +1,264 @@
+"""`python -m trainer`: search, generate, evaluate, inspect, and the paper's baselines."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from trainer.generator import BaseSpec
+
+log = logging.getLogger("trainer")
+
+K_HELP = "fraction of weights KEPT (the paper's k): 0.1 keeps 10%% and prunes 90%%"
+
+
+def _base_args(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("base (the frozen random generator; never stored, rebuilt from these)")
+    b.add_argument("--init", default="signed_constant",
+                   choices=["signed_constant", "kaiming_normal"],
+                   help="random init of the base: signed Kaiming constant (paper's best) or Kaiming normal")
+    b.add_argument("--base-seed", type=int, default=0, help="seed of the base weights (not of the search)")
+    b.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the GFMN ResNet")
+    b.add_argument("--nz", type=int, default=100, help="latent size")
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="image folder/zip, CelebA, LSUN lmdb or CIFAR-10 folder")
+    p.add_argument("--preset", choices=["paper", "fast", "demo"],
+                   help="named settings (default: paper); explicit options below override them")
+    p.add_argument("--k", type=float, help=K_HELP + " (default 0.1)")
+    p.add_argument("--iterations", type=int, help="optimisation steps (paper: 2,000,000)")
+    p.add_argument("--batch-size", type=int, help="generated images per step (paper: 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (paper: 5e-5, cosine-annealed)")
+    p.add_argument("--seed", type=int, help="seeds the scores and latents of the search, never the base")
+    p.add_argument("--features", choices=["vgg19", "vgg16-keras", "random"],
+                   help="perceptual features matched: vgg19 (paper), vgg16-keras (offline), random (tests only)")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT + .ckpt)")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
+    p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
+    p.add_argument("--no-ama", dest="ama", action="store_const", const=False,
+                   help="use batch moments directly instead of GFMN's Adam moving average")
+    p.add_argument("--layer-norm", action="store_const", const=True,
+                   help="weight each feature layer by 1 / its real mean square")
+    p.add_argument("--bn-batches", type=int, help="batches for the final BatchNorm statistics")
+    p.add_argument("--domain", default="", help="domain name recorded in the file")
+    _base_args(p)
+
+
+def _config(a: argparse.Namespace, **extra):
+    from trainer.search import SearchConfig, config_from
+
+    names = {f.name for f in fields(SearchConfig)}
+    given = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    return config_from(a.preset, **given, **extra)
+
+
+def _spec(a: argparse.Namespace) -> BaseSpec:
+    return BaseSpec(nz=a.nz, width=a.width, init=a.init, seed=a.base_seed)
+
+
+def _device(a: argparse.Namespace) -> str:
+    from trainer.settings import get_settings, resolve_device
+
+    return resolve_device(a.device or get_settings().device)
+
+
+class _Bar:
+    """tqdm progress for a search, with loss and learning rate."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="it", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, p) -> None:
+        self.bar.n = p.iteration
+        self.bar.set_postfix(loss=f"{p.loss:.4g}", lr=f"{p.lr:.2e}", keep=f"{p.keep:.3f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from trainer.data import open_dataset
+    from trainer.masks import decode_mask, write_mask_file
+    from trainer.search import search
+
+    cfg = _config(a, pruning=a.pruning, dense_layers=a.dense_layers, gradual_steps=a.gradual_steps)
+    out = Path(a.out)
+    ds = open_dataset(a.dataset)
+    ckpt = a.checkpoint or out.with_name(out.name + ".ckpt")
+    bar = _Bar(cfg.iterations) if cfg.pruning != "random" else None
+    try:
+        res = search(_spec(a), cfg, ds, domain=a.domain or ds.name, device=_device(a),
+                     progress=bar, checkpoint=ckpt, resume=a.resume, from_weights=a.from_weights)
+    finally:
+        if bar:
+            bar.close()
+    write_mask_file(out, res.data)
+    ckpt.unlink(missing_ok=True)
+    info = decode_mask(res.data).info()
+    log.info("wrote %s: mask %s, kept %.4f of %d weights, %.3f bits/weight, %.1f s, final loss %.5g",
+             out, info["mask_id"][:12], info["kept_fraction"], info["weights"],
+             info["bits_per_weight"], res.seconds, res.final_loss)
+    print(json.dumps({"mask_id": info["mask_id"], "out": str(out), "seconds": round(res.seconds, 2),
+                      "final_loss": res.final_loss, "kept_fraction": info["kept_fraction"]}))
+    return 0
+
+
+def _train_cmd(a: argparse.Namespace, kind: str) -> int:
+    from trainer.data import open_dataset
+    from trainer.masks import read_mask_file, write_mask_file
+    from trainer.search import finetune, train_dense
+
+    cfg = _config(a)
+    ds = open_dataset(a.dataset)
+    out = Path(a.out)
+    ckpt = a.checkpoint or out.with_name(out.name + ".ckpt")
+    bar = _Bar(cfg.iterations)
+    kw = dict(progress=bar, checkpoint=ckpt, resume=a.resume)
+    try:
+        if kind == "dense":
+            res = train_dense(_spec(a), cfg, ds, device=_device(a), **kw)
+        else:
+            res = finetune(read_mask_file(a.mask), cfg, ds, device=_device(a), **kw)
+    finally:
+        bar.close()
+    write_mask_file(out, res.data)
+    ckpt.unlink(missing_ok=True)
+    print(json.dumps({"out": str(out), "kind": kind, "seconds": round(res.seconds, 2),
+                      "final_loss": res.final_loss}))
+    return 0
+
+
+def _load_generator(a: argparse.Namespace, device: str):
+    """A generator from --mask (base x mask) or --weights (a dense weights file)."""
+    if getattr(a, "weights", None):
+        from trainer.search import weights_generator
+
+        return weights_generator(Path(a.weights), device), {"weights": str(a.weights)}
+    from trainer.masks import read_mask_file
+    from trainer.ticket import build_ticket
+
+    mask = read_mask_file(a.mask)
+    return build_ticket(mask, device), {"mask_id": mask.mask_id}
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from trainer.ticket import generate, grid
+
+    g, _ = _load_generator(a, _device(a))
+    images = generate(g, a.seed, a.n, device=_device(a))
+    out = Path(a.out)
+    if a.out.endswith("/") or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im).save(out / f"{i:04d}.png")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        grid(images, a.nrow).save(out)
+    log.info("wrote %d images to %s", a.n, out)
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from trainer.masks import read_mask_file
+
+    print(json.dumps(read_mask_file(a.mask).info(), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate_cli
+
+    print(json.dumps(evaluate_cli(a), indent=1, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a mask (edge-popup + moment matching) for a dataset",
+                       description="Search a binary mask over the frozen random base so that the kept "
+                                   "subnetwork's feature moments match the dataset's.")
+    s.add_argument("--out", required=True, help="mask file to write (.safetensors)")
+    s.add_argument("--pruning", choices=["local", "global", "gradual", "random"],
+                   help="local: top-k per layer (paper); global: top-k over all layers; gradual: from "
+                        "dense down to k on a cubic schedule; random: a random mask at k (baseline)")
+    s.add_argument("--gradual-steps", type=int, help="gradual pruning reaches k at this step (default: half)")
+    s.add_argument("--dense-layers", nargs="*", metavar="LAYER",
+                   help="layer-freeze: keep these layers dense (e.g. input output)")
+    s.add_argument("--from-weights", type=Path,
+                   help="prune this trained dense weights file instead of the random base (baseline)")
+    _search_args(s)
+    s.set_defaults(func=cmd_search)
+
+    d = sub.add_parser("train-dense", help="baseline: train a dense Xavier-init generator with the same loss")
+    d.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    _search_args(d)
+    d.set_defaults(func=lambda a: _train_cmd(a, "dense"))
+
+    f = sub.add_parser("finetune", help="baseline: fine-tune the kept weights of a found ticket")
+    f.add_argument("--mask", required=True, help="the ticket's mask file")
+    f.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    _search_args(f)
+    f.set_defaults(func=lambda a: _train_cmd(a, "finetune"))
+
+    g = sub.add_parser("generate", help="images from a mask (or a dense weights file)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mask", help="mask file")
+    src.add_argument("--weights", help="dense weights file (train-dense / finetune output)")
+    g.add_argument("--n", type=int, default=16, help="number of images")
+    g.add_argument("--seed", type=int, default=0, help="image i of a seed is the same whatever --n is")
+    g.add_argument("--out", required=True, help="FILE.png for a grid, or DIR/ for one PNG per image")
+    g.add_argument("--nrow", type=int, help="images per grid row")
+    g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="FID, KID, precision/recall, density/coverage as JSON")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mask", help="mask file")
+    src.add_argument("--weights", help="dense weights file")
+    src.add_argument("--images", help="a folder of images to score instead of a generator")
+    e.add_argument("--dataset", required=True, help="real images to compare with")
+    e.add_argument("--n", type=int, default=10000, help="images per side (default 10k vs 10k)")
+    e.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
+                   help="real side: held-out (report) or train (choose checkpoints)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    e.add_argument("--features", choices=["inception", "vgg16-keras"], default="inception",
+                   help="embedding: the standard FID Inception (falls back to vgg16-keras, marked)")
+    e.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("inspect", help="a mask file's metadata as JSON")
+    i.add_argument("mask", help="mask file")
+    i.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from trainer.masks import MaskError
+    from trainer.search import SearchCancelled
+
+    errors: tuple[type[BaseException], ...] = (MaskError, ValueError, FileNotFoundError, SearchCancelled)
+    try:
+        return a.func(a)
+    except errors as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; a checkpoint (if any) allows --resume")
+        return 130

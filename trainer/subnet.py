@@ -1,0 +1,190 @@
+"""Edge-popup: score-masked convolutions over frozen random weights, and the pruning modes.
+
+Every conv weight and bias has a score s ~ U(-0.1, 0.1). The forward pass keeps the weights
+whose |s| ranks in the top fraction k (k = fraction KEPT, as in the paper) and the gradient
+reaches s straight through the selection and then through |.|, as the released code does.
+Modes: local (top-k per layer), global (top-k of all prunable scores), gradual (local, k
+shrinking from 1 to k on a cubic schedule), random (a fixed random mask at k, never trained).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer.init import uniform
+
+PRUNING = ("local", "global", "gradual", "random")
+SCORE_RANGE = 0.1
+
+
+def n_keep(n: int, k: float) -> int:
+    """Weights kept of n at fraction k: n - floor((1-k) n), as the released code counts."""
+    return n - int(math.floor((1.0 - k) * n + 1e-9))
+
+
+def keep_mask(abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
+    """Boolean mask of the `kept` largest entries, by kthvalue (no full sort)."""
+    n = abs_scores.numel()
+    if kept >= n:
+        return torch.ones_like(abs_scores, dtype=torch.bool)
+    if kept <= 0:
+        return torch.zeros_like(abs_scores, dtype=torch.bool)
+    thr = abs_scores.flatten().kthvalue(n - kept).values
+    return abs_scores > thr
+
+
+class StraightThrough(torch.autograd.Function):
+    """Forward: the given 0/1 mask. Backward: the gradient passes to |s| unchanged."""
+
+    @staticmethod
+    def forward(ctx, abs_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(abs_scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class MaskedLayer:
+    """Mixin for a conv whose weight and bias are multiplied by edge-popup masks."""
+
+    weight_scores: nn.Parameter
+    bias_scores: nn.Parameter | None
+    dense: bool = False  # layer-freeze: kept whole, scores not trained
+    keep: float = 1.0  # local fraction, set by Pruner
+    threshold: torch.Tensor | None = None  # global |s| threshold, set by Pruner
+
+    def _setup_scores(self) -> None:
+        self.weight_scores = nn.Parameter(torch.zeros_like(self.weight))
+        self.bias_scores = None if self.bias is None else nn.Parameter(torch.zeros_like(self.bias))
+
+    def masks(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Current (weight, bias) masks as 0/1 floats carrying straight-through gradients."""
+        if self.dense:
+            return None, None
+        return self._mask(self.weight_scores), (
+            None if self.bias_scores is None else self._mask(self.bias_scores))
+
+    def _mask(self, s: torch.Tensor) -> torch.Tensor:
+        a = s.abs()
+        with torch.no_grad():
+            m = (a > self.threshold) if self.threshold is not None else keep_mask(a, n_keep(a.numel(), self.keep))
+        return StraightThrough.apply(a, m)
+
+    def masked_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        wm, bm = self.masks()
+        w = self.weight if wm is None else self.weight * wm
+        b = self.bias if (bm is None or self.bias is None) else self.bias * bm
+        return w, b
+
+
+class MaskedConv2d(MaskedLayer, nn.Conv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_scores()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.masked_params()
+        return self._conv_forward(x, w, b)
+
+
+class MaskedConvTranspose2d(MaskedLayer, nn.ConvTranspose2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_scores()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.masked_params()
+        return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation)
+
+
+MASKED_LAYERS = {"conv": MaskedConv2d, "convT": MaskedConvTranspose2d}
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, MaskedLayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedLayer)]
+
+
+def gradual_keep(step: int, k: float, steps: int) -> float:
+    """Cubic schedule (Zhu & Gupta 2017): 1 at step 0, exactly k from `steps` on."""
+    if steps <= 0 or step >= steps:
+        return k
+    return k + (1.0 - k) * (1.0 - step / steps) ** 3
+
+
+class Pruner:
+    """Sets every masked layer's selection for the current step, by pruning mode."""
+
+    def __init__(self, model: nn.Module, k: float, mode: str = "local",
+                 gradual_steps: int = 0, dense_layers: Iterable[str] = ()):
+        if mode not in PRUNING:
+            raise ValueError(f"unknown pruning {mode!r}; choose from {PRUNING}")
+        if not 0.0 < k <= 1.0:
+            raise ValueError(f"k is the fraction of weights KEPT and must be in (0, 1], got {k}")
+        self.model, self.k, self.mode, self.gradual_steps = model, k, mode, gradual_steps
+        self.layers = masked_layers(model)
+        dense = set(dense_layers)
+        unknown = dense - {n for n, _ in self.layers}
+        if unknown:
+            raise ValueError(f"--dense-layers names no masked layer: {sorted(unknown)}")
+        for name, layer in self.layers:
+            layer.dense = name in dense
+            for s in (layer.weight_scores, layer.bias_scores):
+                if s is not None:
+                    s.requires_grad_(mode != "random" and not layer.dense)
+        self.set_step(0)
+
+    def scores(self) -> list[nn.Parameter]:
+        """The trainable scores (empty for random pruning)."""
+        return [s for _, l in self.layers for s in (l.weight_scores, l.bias_scores)
+                if s is not None and s.requires_grad]
+
+    def set_step(self, step: int) -> None:
+        keep = gradual_keep(step, self.k, self.gradual_steps) if self.mode == "gradual" else self.k
+        for _, layer in self.layers:
+            layer.keep, layer.threshold = keep, None
+        if self.mode == "global":
+            self.update_global_threshold()
+
+    @torch.no_grad()
+    def update_global_threshold(self) -> None:
+        """One |s| threshold over all non-dense scores, each weight and bias counted once."""
+        pruned = [l for _, l in self.layers if not l.dense]
+        flat = torch.cat([s.detach().abs().flatten() for l in pruned
+                          for s in (l.weight_scores, l.bias_scores) if s is not None])
+        kept = n_keep(flat.numel(), self.k)
+        thr = flat.kthvalue(flat.numel() - kept).values if kept < flat.numel() else flat.min() - 1
+        for l in pruned:
+            l.threshold = thr
+
+    @torch.no_grad()
+    def binary_masks(self) -> dict[str, torch.Tensor]:
+        """Current masks as bool tensors named like the parameters ('blocks.0.conv1.weight')."""
+        out = {}
+        for name, layer in self.layers:
+            wm, bm = layer.masks()
+            out[f"{name}.weight"] = (torch.ones_like(layer.weight, dtype=torch.bool) if wm is None
+                                     else wm.bool())
+            if layer.bias is not None:
+                out[f"{name}.bias"] = (torch.ones_like(layer.bias, dtype=torch.bool) if bm is None
+                                       else bm.bool())
+        return out
+
+
+@torch.no_grad()
+def init_scores(model: nn.Module, seed: int) -> None:
+    """Scores U(-0.1, 0.1) from the search seed (never the base seed), one stream per tensor."""
+    i = 0
+    for _, layer in masked_layers(model):
+        for s in (layer.weight_scores, layer.bias_scores):
+            if s is None:
+                continue
+            u = uniform(np.random.SeedSequence([seed, i, 7]), s.numel())
+            s.copy_(torch.from_numpy(((u * 2.0 - 1.0) * SCORE_RANGE).astype(np.float32)).view_as(s))
+            i += 1
