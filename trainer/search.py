@@ -1,0 +1,370 @@
+"""The mask search (edge-popup on a frozen random base with moment matching) and the paper's
+baselines that share its loop: random pruning, dense training, pruning trained weights,
+fine-tuning a found ticket. Long runs report progress, honour cancel, checkpoint and resume.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save
+
+from trainer.generator import BaseSpec, Generator, base_sha256, build_base, latents
+from trainer.masks import MaskFile, encode_mask
+from trainer.objective import MomentMatching
+from trainer.subnet import MASKED_LAYERS, Pruner, init_scores, masked_layers
+from trainer.ticket import build_ticket, grid, recalibrate_bn, to_uint8
+
+log = logging.getLogger(__name__)
+WEIGHTS_FORMAT = "slt-weights/1"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search settings; the defaults are the paper's recipe (Adam 5e-5, batch 64, 2M steps)."""
+
+    k: float = 0.1  # fraction of weights KEPT (the paper's k)
+    iterations: int = 2_000_000
+    batch_size: int = 64
+    pruning: str = "local"  # local | global | gradual | random
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 0  # seeds scores and latents, never the base
+    features: str = "vgg19"
+    schedule: str = "cosine"  # cosine annealing over the whole run, or constant
+    warmup: int = 0  # linear warm-up iterations
+    ama: bool = True
+    ama_lr: float = 1e-5
+    layer_norm: bool = False  # weight each feature layer by 1 / its real mean square
+    gradual_steps: int = 0  # gradual pruning reaches k here (0: half the run)
+    dense_layers: tuple[str, ...] = ()  # layer-freeze: these layers stay dense
+    bn_batches: int = 50  # batches for the final BatchNorm statistics
+    amp: bool = False  # bf16 autocast on CUDA for the extractor
+    preview_every: int = 100
+    checkpoint_every_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.k <= 1.0:
+            raise ValueError(f"k is the fraction of weights KEPT, in (0, 1]; got {self.k}")
+        if self.iterations < 0 or self.batch_size < 2:
+            raise ValueError("iterations must be >= 0 and batch_size >= 2 (variances need two)")
+
+
+PRESETS: dict[str, dict] = {
+    # exactly as published: VGG19 features, AMA, Adam 5e-5 cosine, batch 64, 2M iterations
+    "paper": {},
+    # best quality per GPU-hour (see docs/TIME_TO_QUALITY.md)
+    "fast": dict(features="vgg16-keras", lr=5e-3, ama=False, layer_norm=True, iterations=20_000,
+                 batch_size=64, warmup=100),
+    # the best a 2-core CPU gives in about 10 minutes
+    "demo": dict(features="vgg16-keras", lr=5e-3, ama=False, layer_norm=True, iterations=300,
+                 batch_size=32, warmup=20, bn_batches=20, preview_every=25),
+}
+
+
+def config_from(preset: str | None = None, **overrides) -> SearchConfig:
+    """A preset's settings with explicit overrides (None values ignored)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    base = {**PRESETS.get(preset or "paper", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    if "dense_layers" in base:
+        base["dense_layers"] = tuple(base["dense_layers"])
+    if "betas" in base:
+        base["betas"] = tuple(base["betas"])
+    return SearchConfig(**base)
+
+
+@dataclass
+class Progress:
+    iteration: int
+    iterations: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    eta_s: float
+    keep: float
+    preview_png: bytes | None = None
+
+
+class SearchCancelled(Exception):
+    """Raised when the cancel check says stop; nothing is written."""
+
+
+@dataclass
+class SearchResult:
+    data: bytes  # the mask (or weights) file
+    final_loss: float
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def mask_id(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def learning_rate(cfg: SearchConfig, t: int) -> float:
+    """Linear warm-up, then cosine annealing to 0 over the whole run (or constant)."""
+    if cfg.warmup and t < cfg.warmup:
+        return cfg.lr * (t + 1) / cfg.warmup
+    if cfg.schedule == "constant" or cfg.iterations <= cfg.warmup:
+        return cfg.lr
+    p = (t - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _png(images: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    grid(images).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objective: MomentMatching,
+          extractor: nn.Module, device: str, after_step: Callable[[int], None],
+          progress: Callable[[Progress], None] | None, cancel: Callable[[], bool] | None,
+          checkpoint: Path | None, resume: bool, keep: Callable[[], float]) -> list[tuple[int, float]]:
+    """The shared optimisation loop; returns (iteration, loss) points."""
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    gen = torch.Generator().manual_seed(cfg.seed)  # latents; CPU so the stream is device-free
+    start, losses = 0, []
+    state = load_checkpoint(checkpoint) if (checkpoint and resume) else None
+    if state is not None:
+        if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+            raise ValueError(f"checkpoint {checkpoint} was made with other settings; remove it or match them")
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"]):
+                p.copy_(saved)
+        opt.load_state_dict(state["opt"])
+        objective.load_state_dict(state["objective"], strict=False)
+        gen.set_state(state["rng"])
+        start, losses = int(state["iteration"]), [tuple(x) for x in state["losses"]]
+        log.info("resumed from %s at iteration %d", checkpoint, start)
+    after_step(start)
+    preview_z = latents(cfg.seed + 1, 0, 16, model.nz).to(device)
+    t0, last_ckpt, loss = time.monotonic(), time.monotonic(), float("nan")
+    use_amp = cfg.amp and str(device).startswith("cuda")
+    for t in range(start, cfg.iterations):
+        if cancel is not None and cancel():
+            raise SearchCancelled(f"cancelled at iteration {t}")
+        lr = learning_rate(cfg, t)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        z = torch.randn(cfg.batch_size, model.nz, generator=gen).to(device)
+        model.train()
+        x = model(z)  # [B,3,64,64]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            feats = extractor(x)
+        surrogate, loss = objective(feats)
+        opt.zero_grad(set_to_none=True)
+        surrogate.backward()
+        opt.step()
+        after_step(t + 1)
+        losses.append((t + 1, loss))
+        done = t + 1 - start
+        elapsed = time.monotonic() - t0
+        if progress is not None:
+            preview = None
+            if cfg.preview_every and ((t + 1) % cfg.preview_every == 0 or t + 1 == cfg.iterations):
+                with torch.no_grad():
+                    preview = _png(to_uint8(model(preview_z)))
+            progress(Progress(t + 1, cfg.iterations, loss, lr, elapsed,
+                              elapsed / done * (cfg.iterations - t - 1), keep(), preview))
+        if checkpoint and (time.monotonic() - last_ckpt >= cfg.checkpoint_every_s or t + 1 == cfg.iterations):
+            _save_checkpoint(checkpoint, {
+                "iteration": t + 1, "params": [p.detach().cpu() for p in params],
+                "opt": opt.state_dict(), "objective": {k: v for k, v in objective.state_dict().items()
+                                                       if k.startswith("ama.")},
+                "rng": gen.get_state(), "losses": losses, "config": json.dumps(asdict(cfg), sort_keys=True)})
+            last_ckpt = time.monotonic()
+    return losses
+
+
+def _prepare(cfg: SearchConfig, dataset, device: str, cache_dir: Path | None):
+    from trainer.features import load_extractor
+    from trainer.stats import real_moments
+
+    extractor = load_extractor(cfg.features, device)
+    real = real_moments(dataset, extractor, batch_size=64, device=device, cache_dir=cache_dir)
+    objective = MomentMatching(real, ama=cfg.ama, ama_lr=cfg.ama_lr, layer_norm=cfg.layer_norm).to(device)
+    return extractor, objective
+
+
+def _mask_meta(spec: BaseSpec, sha: str, cfg: SearchConfig, domain: str, dataset_sha: str,
+               features: str, iterations: int, metrics: dict) -> dict:
+    return dict(base_arch=spec.arch_json(), base_seed=str(spec.seed), base_sha256=sha,
+                init=spec.init, k=str(cfg.k), pruning=cfg.pruning, domain=domain,
+                dataset_sha256=dataset_sha, features=features, iterations=str(iterations),
+                metrics=json.dumps(metrics, sort_keys=True), dense_layers=json.dumps(list(cfg.dense_layers)),
+                search=json.dumps(asdict(cfg), sort_keys=True))
+
+
+def _finish_mask(g: Generator, pruner: Pruner, spec: BaseSpec, sha: str, cfg: SearchConfig,
+                 domain: str, dataset_sha: str, features: str, iterations: int,
+                 metrics: dict, device: str) -> bytes:
+    """Final masks, BN statistics recomputed over many batches for the final mask, file bytes."""
+    pruner.set_step(cfg.iterations)
+    masks = pruner.binary_masks()
+    bn = recalibrate_bn(g, spec.nz, batches=cfg.bn_batches, seed=cfg.seed + 2, device=device)
+    return encode_mask(masks, bn, _mask_meta(spec, sha, cfg, domain, dataset_sha, features,
+                                             iterations, metrics))
+
+
+def random_mask(spec: BaseSpec, cfg: SearchConfig, dataset_sha: str, domain: str = "",
+                device: str = "cpu") -> bytes:
+    """The random-pruning baseline: a fixed random mask at k (scores drawn from `cfg.seed`)."""
+    g = build_base(spec, device, **MASKED_LAYERS)
+    sha = base_sha256(g)
+    init_scores(g, cfg.seed)
+    pruner = Pruner(g, cfg.k, "random", dense_layers=cfg.dense_layers)
+    cfg = replace(cfg, pruning="random")
+    return _finish_mask(g, pruner, spec, sha, cfg, domain, dataset_sha, "none", 0, {}, device)
+
+
+def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device: str = "cpu",
+           progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None,
+           checkpoint: Path | None = None, resume: bool = False, cache_dir: Path | None = None,
+           from_weights: Path | None = None) -> SearchResult:
+    """Edge-popup with moment matching; returns the mask file. `from_weights` prunes a trained
+    dense model instead of the random base (the paper's prune-a-trained-model baseline)."""
+    if cfg.pruning == "random":
+        return SearchResult(random_mask(spec, cfg, dataset.dataset_sha256, domain, device), float("nan"), 0.0)
+    t0 = time.monotonic()
+    extractor, objective = _prepare(cfg, dataset, device, cache_dir)
+    g = build_base(spec, device, **MASKED_LAYERS)
+    if from_weights is not None:
+        spec_w, state = read_weights(from_weights)
+        g = Generator(spec_w.nz, spec_w.width, **MASKED_LAYERS)
+        missing, unexpected = g.load_state_dict(state, strict=False)
+        if unexpected or any(not k.endswith("_scores") for k in missing):
+            raise ValueError(f"{from_weights} does not fit the generator: missing "
+                             f"{[k for k in missing if not k.endswith('_scores')]}, unexpected {unexpected}")
+        for p in g.parameters():
+            p.requires_grad_(False)
+        g = g.to(device)
+        spec = replace(spec_w, init="xavier_uniform")
+    sha = base_sha256(g)
+    init_scores(g, cfg.seed)
+    pruner = Pruner(g, cfg.k, cfg.pruning, gradual_steps=cfg.gradual_steps or cfg.iterations // 2,
+                    dense_layers=cfg.dense_layers)
+    losses = _loop(g, pruner.scores(), cfg, objective, extractor, device, pruner.set_step,
+                   progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep)
+    final = losses[-1][1] if losses else float("nan")
+    data = _finish_mask(g, pruner, spec, sha, cfg, domain, dataset.dataset_sha256,
+                        extractor.name, cfg.iterations, {"final_loss": final}, device)
+    return SearchResult(data, final, time.monotonic() - t0, losses)
+
+
+# ---- dense weights files (dense-training and fine-tuning baselines) --------------------------
+
+def encode_weights(g: Generator, spec: BaseSpec, meta: dict) -> bytes:
+    state = {k: v.detach().cpu().float().contiguous() for k, v in g.state_dict().items()
+             if not k.endswith("_scores") and v.is_floating_point()}
+    m = {"format": WEIGHTS_FORMAT, "base_arch": spec.arch_json(), "init": spec.init,
+         "base_seed": str(spec.seed), **{k: str(v) for k, v in meta.items()}}
+    return save(state, metadata=m)
+
+
+def read_weights(path: Path) -> tuple[BaseSpec, dict[str, torch.Tensor]]:
+    """A dense weights file (safetensors, never pickle): its base spec and state dict."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a {WEIGHTS_FORMAT} file (format {meta.get('format')!r})")
+    arch = json.loads(meta["base_arch"])
+    spec = BaseSpec(nz=int(arch["nz"]), width=float(arch["width"]), init=meta["init"],
+                    seed=int(meta["base_seed"]))
+    return spec, load_file(str(path))
+
+
+def weights_generator(path: Path, device: str = "cpu") -> Generator:
+    spec, state = read_weights(path)
+    g = Generator(spec.nz, spec.width)
+    g.load_state_dict(state, strict=True)
+    return g.eval().to(device)
+
+
+def _train_weights(g: Generator, spec: BaseSpec, cfg: SearchConfig, dataset, kind: str, device: str,
+                   grad_mask: dict[str, torch.Tensor] | None, progress, cancel, checkpoint, resume,
+                   cache_dir, extra: dict) -> SearchResult:
+    t0 = time.monotonic()
+    extractor, objective = _prepare(cfg, dataset, device, cache_dir)
+    params = [p for n, p in g.named_parameters() if ".bn" not in n and not n.startswith("bn_")]
+    for p in params:
+        p.requires_grad_(True)
+    if grad_mask is not None:  # fine-tuning trains only the weights the ticket kept
+        named = dict(g.named_parameters())
+        for n, m in grad_mask.items():
+            named[n].register_hook(lambda grad, m=m.to(device): grad * m)
+    losses = _loop(g, params, cfg, objective, extractor, device, lambda t: None, progress, cancel,
+                   checkpoint, resume, keep=lambda: 1.0)
+    for p in g.parameters():
+        p.requires_grad_(False)
+    if grad_mask is not None:  # Adam's momentum may move masked weights off zero; keep them pruned
+        with torch.no_grad():
+            named = dict(g.named_parameters())
+            for n, m in grad_mask.items():
+                named[n].mul_(m.to(device))
+    recalibrate_bn(g, spec.nz, batches=cfg.bn_batches, seed=cfg.seed + 2, device=device)
+    final = losses[-1][1] if losses else float("nan")
+    data = encode_weights(g, spec, {"kind": kind, "features": extractor.name,
+                                    "dataset_sha256": dataset.dataset_sha256,
+                                    "iterations": cfg.iterations, "final_loss": final,
+                                    "search": json.dumps(asdict(cfg), sort_keys=True), **extra})
+    return SearchResult(data, final, time.monotonic() - t0, losses)
+
+
+def train_dense(spec: BaseSpec, cfg: SearchConfig, dataset, device: str = "cpu", **kw) -> SearchResult:
+    """Dense baseline: train all conv weights of a Xavier-uniform generator with the same loss."""
+    spec = replace(spec, init="xavier_uniform")
+    g = build_base(spec, device)
+    return _train_weights(g, spec, cfg, dataset, "dense", device, None, extra={}, **_kw(kw))
+
+
+def finetune(mask: MaskFile, cfg: SearchConfig, dataset, device: str = "cpu", **kw) -> SearchResult:
+    """Fine-tune the kept weights of a found ticket with the same loss (pruned ones stay zero)."""
+    from trainer.ticket import spec_of
+
+    spec = spec_of(mask)
+    g = build_ticket(mask, device)
+    return _train_weights(g, spec, cfg, dataset, "finetuned", device, mask.masks(),
+                          extra={"mask_id": mask.mask_id}, **_kw(kw))
+
+
+def _kw(kw: dict) -> dict:
+    return {k: kw.get(k) for k in ("progress", "cancel", "checkpoint", "cache_dir")} | {
+        "resume": kw.get("resume", False)}
+
