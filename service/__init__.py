@@ -1,0 +1,1 @@
+"""FastAPI service: one shared random generator, masks hot-swapped per request, admin dashboard."""

@@ -1,0 +1,59 @@
+"""The FastAPI application: state built once at startup, one router per resource."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.routers import datasets, domains, generate, health, jobs, masks
+from service.settings import Settings, get_settings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.core = AppState(settings)
+        await app.state.core.start()
+        try:
+            yield
+        finally:
+            await app.state.core.stop()
+
+    app = FastAPI(title="Strong lottery tickets: one random generator, a mask per domain",
+                  version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    for r in (generate, domains, masks, jobs, datasets, health):
+        app.include_router(r.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": msg or "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # never a traceback to the client
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    return app
+
+
+def app() -> FastAPI:
+    """uvicorn --factory service.app:app"""
+    return create_app()

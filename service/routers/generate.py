@@ -1,0 +1,4 @@
+"""Routes for generate (stub until its issue lands)."""
+from fastapi import APIRouter
+
+router = APIRouter()

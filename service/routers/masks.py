@@ -1,0 +1,4 @@
+"""Routes for masks (stub until its issue lands)."""
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,44 @@
+"""What the app holds for its lifetime: settings, Redis, catalog, domain registry, engine."""
+from __future__ import annotations
+
+import logging
+
+from service.settings import Settings
+from trainer.masks import MaskCatalog
+from worker.broker import EmbeddedRedis, connect
+from worker.domains import DomainRegistry, MaskBlobs
+
+log = logging.getLogger(__name__)
+
+
+class AppState:
+    """Built at startup, torn down at shutdown."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.embedded: EmbeddedRedis | None = None
+        self.engine = None
+
+    async def start(self) -> None:
+        s = self.settings
+        url = s.redis_url
+        if not url:  # a lone API process for development: its own persistent redis
+            self.embedded = EmbeddedRedis(s.home / "redis").start()
+            url = self.embedded.url
+        self.redis_url = url
+        self.redis = connect(url)
+        self.catalog = MaskCatalog(s.masks_dir)
+        self.catalog.clean_temp()
+        self.domains = DomainRegistry(self.redis)
+        self.blobs = MaskBlobs(self.redis)
+        from service.engine import Engine
+
+        self.engine = Engine(s, self)
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        self.redis.close()
+        if self.embedded is not None:
+            self.embedded.stop()
