@@ -11,8 +11,17 @@ import torch
 from safetensors.numpy import load as st_load
 
 from trainer.generator import BaseSpec, base_sha256, build_base
-from trainer.masks import (FORMAT, ForeignMaskError, MaskCatalog, MaskError, check_base,
-                           decode_mask, encode_mask, pack_bits, unpack_bits)
+from trainer.masks import (
+    FORMAT,
+    ForeignMaskError,
+    MaskCatalog,
+    MaskError,
+    check_base,
+    decode_mask,
+    encode_mask,
+    pack_bits,
+    unpack_bits,
+)
 from trainer.search import SearchConfig, random_mask
 from trainer.ticket import build_ticket, generate
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from trainer.generator import BaseSpec, build_base, latents
-from trainer.subnet import (MASKED_LAYERS, Pruner, gradual_keep, init_scores, masked_layers,
-                            n_keep)
+from trainer.subnet import MASKED_LAYERS, Pruner, gradual_keep, init_scores, masked_layers, n_keep
 
 SPEC = BaseSpec(width=0.125)
 
