@@ -55,7 +55,8 @@ def _config(a: argparse.Namespace, **extra):
 
     names = {f.name for f in fields(SearchConfig)}
     given = {k: v for k, v in vars(a).items() if k in names and v is not None}
-    return config_from(a.preset, **given, **extra)
+    given.update({k: v for k, v in extra.items() if v is not None})
+    return config_from(a.preset, **given)
 
 
 def _spec(a: argparse.Namespace) -> BaseSpec:
@@ -90,7 +91,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     from trainer.masks import decode_mask, write_mask_file
     from trainer.search import search
 
-    cfg = _config(a, pruning=a.pruning, dense_layers=a.dense_layers, gradual_steps=a.gradual_steps)
+    cfg = _config(a)
     out = Path(a.out)
     ds = open_dataset(a.dataset)
     ckpt = a.checkpoint or out.with_name(out.name + ".ckpt")

@@ -1,0 +1,219 @@
+"""The mask search: AMA and loss against hand computations, learning, resume, cancel, baselines."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer.data import open_dataset
+from trainer.generator import BaseSpec
+from trainer.masks import decode_mask
+from trainer.objective import AdamMovingAverage, MomentMatching
+from trainer.search import SearchCancelled, config_from, learning_rate, search
+from trainer.stats import Moments
+
+SPEC = BaseSpec(width=0.125)
+
+
+@pytest.fixture(scope="module")
+def emoji64(emoji_google_dir, tmp_path_factory) -> Path:
+    """64 real emoji images: enough for moments, small enough for a 2-core CPU."""
+    d = tmp_path_factory.mktemp("emoji64")
+    for p in sorted(emoji_google_dir.glob("*.png"))[:64]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def quick(**kw):
+    base = dict(features="random", iterations=6, batch_size=4, lr=5e-3, ama=False, layer_norm=True,
+                bn_batches=2, preview_every=0, checkpoint_every_s=0.0)
+    return config_from("paper", **{**base, **kw})
+
+
+def test_ama_update_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    lr, b1, b2, eps = 1e-2, 0.5, 0.999, 1e-8
+    ama = AdamMovingAverage(5, lr, (b1, b2), eps)
+    v, m, u = np.zeros(5), np.zeros(5), np.zeros(5)
+    for t in range(1, 8):
+        target = rng.normal(size=5)
+        got = ama.update(torch.tensor(target, dtype=torch.float32)).numpy()
+        g = v - target
+        m = b1 * m + (1 - b1) * g
+        u = b2 * u + (1 - b2) * g * g
+        v = v - lr * (m / (1 - b1 ** t)) / (np.sqrt(u / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(got, v, rtol=1e-5, atol=1e-7)
+
+
+def _moments(rng, shapes):
+    return Moments([torch.tensor(rng.normal(size=int(np.prod(s)))) for s in shapes],
+                   [torch.tensor(rng.uniform(0.5, 2, size=int(np.prod(s)))) for s in shapes], n=100)
+
+
+def test_moment_loss_matches_numpy():
+    rng = np.random.default_rng(1)
+    shapes = [(2, 3, 3), (4, 1, 1)]
+    real = _moments(rng, shapes)
+    feats = [torch.tensor(rng.normal(size=(6, *s)), dtype=torch.float32) for s in shapes]
+    for layer_norm in (False, True):
+        obj = MomentMatching(real, ama=False, layer_norm=layer_norm)
+        loss, plain = obj(feats)
+        ref = 0.0
+        for f, mu_r, var_r in zip(feats, real.mean, real.var):
+            f = f.numpy().reshape(6, -1).astype(np.float64)
+            mu_r, var_r = mu_r.numpy(), var_r.numpy()
+            w = 1 / np.mean(mu_r ** 2 + var_r) if layer_norm else 1.0
+            ref += w * (np.mean((mu_r - f.mean(0)) ** 2) + np.mean((var_r - f.var(0)) ** 2))
+        assert plain == pytest.approx(ref, rel=1e-5)
+        assert float(loss) == pytest.approx(ref, rel=1e-5)
+
+
+def test_ama_surrogate_gradient_uses_the_moving_average():
+    """With AMA, d S / d mu_f = -2 v / F: the batch difference replaced by its average."""
+    rng = np.random.default_rng(2)
+    real = _moments(rng, [(3, 2, 2)])
+    obj = MomentMatching(real, ama=True, ama_lr=0.1)
+    f = torch.tensor(rng.normal(size=(5, 3, 2, 2)), dtype=torch.float32, requires_grad=True)
+    s, _ = obj([f])
+    s.backward()
+    v_mu, v_var = obj.ama[0].v.numpy(), obj.ama[1].v.numpy()
+    x = f.detach().numpy().reshape(5, -1)
+    F_ = x.shape[1]
+    # d/dx_b of mean_f(-2 v mu_f) = -2 v / (F B); of mean_f(-2 w var_f) = -2 w 2 (x_b - mu) / (F B)
+    ref = -2 * v_mu / (F_ * 5) - 2 * v_var * 2 * (x - x.mean(0)) / (F_ * 5)
+    np.testing.assert_allclose(f.grad.numpy().reshape(5, -1), ref, rtol=1e-4, atol=1e-8)
+    # and after one update from zero v moved toward d = mu_r - mu_f by about lr
+    d = real.mean[0].numpy() - x.mean(0)
+    np.testing.assert_allclose(v_mu, 0.1 * np.sign(d), rtol=1e-3)
+
+
+def test_learning_rate_schedule():
+    cfg = config_from("paper", iterations=100, lr=1.0, warmup=10)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9) == pytest.approx(1.0)
+    assert learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 55) == pytest.approx(0.5)
+    assert learning_rate(cfg, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_loss_falls_on_real_images(emoji64, cache):
+    ds = open_dataset(emoji64, cache_dir=cache)
+    res = search(SPEC, quick(iterations=14), ds, cache_dir=cache)
+    losses = [l for _, l in res.losses]
+    assert len(losses) == 14
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+    mf = decode_mask(res.data)
+    assert mf.meta["features"].startswith("random")  # the unit-test extractor says so
+    assert json.loads(mf.meta["metrics"])["final_loss"] == pytest.approx(losses[-1])
+    assert mf.info()["kept_fraction"] == pytest.approx(0.1, abs=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruning", ["local", "global"])
+def test_resume_equals_uninterrupted(emoji64, cache, tmp_path, pruning):
+    ds = open_dataset(emoji64, cache_dir=cache)
+    cfg = quick(pruning=pruning, iterations=5)
+    full = search(SPEC, cfg, ds, cache_dir=cache, checkpoint=tmp_path / "a.ckpt")
+    ckpt = tmp_path / "b.ckpt"
+    seen = []
+    with pytest.raises(SearchCancelled):
+        search(SPEC, cfg, ds, cache_dir=cache, checkpoint=ckpt,
+               progress=lambda p: seen.append(p.iteration), cancel=lambda: len(seen) >= 3)
+    assert seen == [1, 2, 3] and ckpt.exists()
+    resumed = search(SPEC, cfg, ds, cache_dir=cache, checkpoint=ckpt, resume=True)
+    assert resumed.losses == full.losses
+    a, b = decode_mask(full.data), decode_mask(resumed.data)
+    assert {k: v.tobytes() for k, v in a.packed.items()} == {k: v.tobytes() for k, v in b.packed.items()}
+    assert {k: v.tobytes() for k, v in a.bn.items()} == {k: v.tobytes() for k, v in b.bn.items()}
+    # a checkpoint made with other settings is refused, not silently mixed
+    with pytest.raises(ValueError, match="other settings"):
+        search(SPEC, quick(pruning=pruning, iterations=5, lr=1e-3), ds, cache_dir=cache,
+               checkpoint=ckpt, resume=True)
+
+
+@pytest.mark.slow
+def test_cancel_stops_within_one_iteration(emoji64, cache):
+    ds = open_dataset(emoji64, cache_dir=cache)
+    seen = []
+    with pytest.raises(SearchCancelled):
+        search(SPEC, quick(iterations=50), ds, cache_dir=cache,
+               progress=lambda p: seen.append(p.iteration), cancel=lambda: bool(seen))
+    assert seen == [1]
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"SLT_HOME": str(home), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).parents[2], timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_baselines_end_to_end(emoji64, tmp_path):
+    home = tmp_path / "home"
+    small = ["--width", "0.125", "--features", "random", "--batch-size", "4", "--bn-batches", "2"]
+    r = _cli(home, "search", "--pruning", "random", "--k", "0.2", "--seed", "3",
+             "--dataset", str(emoji64), "--out", str(tmp_path / "rand.safetensors"), "--width", "0.125")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(_cli(home, "inspect", str(tmp_path / "rand.safetensors")).stdout)
+    assert info["pruning"] == "random" and info["kept_fraction"] == pytest.approx(0.2, abs=0.01)
+    assert info["dataset_sha256"] == open_dataset(emoji64, cache_dir=tmp_path / "c").dataset_sha256
+
+    r = _cli(home, "train-dense", "--dataset", str(emoji64), "--out", str(tmp_path / "dense.safetensors"),
+             "--iterations", "2", *small)
+    assert r.returncode == 0, r.stderr
+    r = _cli(home, "search", "--from-weights", str(tmp_path / "dense.safetensors"), "--dataset",
+             str(emoji64), "--out", str(tmp_path / "pruned.safetensors"), "--iterations", "2", *small)
+    assert r.returncode == 0, r.stderr
+    r = _cli(home, "finetune", "--mask", str(tmp_path / "rand.safetensors"), "--dataset", str(emoji64),
+             "--out", str(tmp_path / "ft.safetensors"), "--iterations", "2", *small)
+    assert r.returncode == 0, r.stderr
+    from trainer.search import read_weights
+    _, ft = read_weights(tmp_path / "ft.safetensors")
+    m = decode_mask((tmp_path / "rand.safetensors").read_bytes()).masks()
+    for name, mask in m.items():  # fine-tuning never revives a pruned weight
+        assert (ft[name][~mask] == 0).all(), name
+    r = _cli(home, "generate", "--weights", str(tmp_path / "ft.safetensors"), "--n", "4",
+             "--out", str(tmp_path / "ft.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "ft.png").size[0] > 128
+
+
+@pytest.mark.slow
+def test_cli_generate_is_deterministic_across_processes_and_n(tmp_path):
+    from trainer.search import SearchConfig, random_mask
+    (tmp_path / "m.safetensors").write_bytes(random_mask(SPEC, SearchConfig(k=0.1, seed=1, bn_batches=2), "0" * 64))
+    outs = []
+    for n in (5, 2):
+        d = tmp_path / f"out{n}"
+        r = _cli(tmp_path, "generate", "--mask", str(tmp_path / "m.safetensors"), "--n", str(n),
+                 "--seed", "9", "--out", str(d) + "/")
+        assert r.returncode == 0, r.stderr
+        outs.append([np.asarray(Image.open(d / f"{i:04d}.png")) for i in range(n)])
+    for i in range(2):
+        np.testing.assert_array_equal(outs[0][i], outs[1][i])
+    assert not np.array_equal(outs[0][0], outs[0][1])
+    r = _cli(tmp_path, "generate", "--mask", str(tmp_path / "m.safetensors"), "--n", "4",
+             "--out", str(tmp_path / "grid.png"))
+    assert r.returncode == 0 and Image.open(tmp_path / "grid.png").size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+def test_cli_errors_are_clear(tmp_path):
+    r = _cli(tmp_path, "inspect", str(tmp_path / "missing.safetensors"))
+    assert r.returncode == 2 and "no mask file" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage-garbage-garbage")
+    r = _cli(tmp_path, "inspect", str(tmp_path / "bad.safetensors"))
+    assert r.returncode == 2 and "not a mask file" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(tmp_path, "search", "--k", "1.5", "--pruning", "random", "--dataset", str(tmp_path),
+             "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
