@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--features", choices=["inception", "vgg16-keras"], default="inception",
                    help="embedding: the standard FID Inception (falls back to vgg16-keras, marked)")
     e.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    e.add_argument("--record", action="store_true",
+                   help="also record the result beside the mask in the $SLT_HOME/masks catalog")
     e.set_defaults(func=cmd_evaluate)
 
     i = sub.add_parser("inspect", help="a mask file's metadata as JSON")
