@@ -177,6 +177,19 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curve(a: argparse.Namespace) -> int:
+    from trainer.curve import run_curve
+    from trainer.data import open_dataset
+    from trainer.metrics.embed import load_eval_embedder
+
+    device = _device(a)
+    rec = run_curve(_spec(a), _config(a), open_dataset(a.dataset), a.out, a.label,
+                    load_eval_embedder("inception", device), a.eval_every, a.eval_n, device)
+    print(json.dumps({"label": rec["label"], "random_mask_kid": rec["random_mask"]["kid"],
+                      "points": rec["points"]}, indent=1))
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate_cli
 
@@ -242,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--record", action="store_true",
                    help="also record the result beside the mask in the $SLT_HOME/masks catalog")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("curve", help="time to quality: a search with KID/FID against iterations and seconds")
+    c.add_argument("--out", required=True, type=Path, help="study folder (JSON, masks, grids, curves.png)")
+    c.add_argument("--label", required=True, help="name of this run in the study")
+    c.add_argument("--eval-every", type=int, default=50, help="evaluate every N iterations")
+    c.add_argument("--eval-n", type=int, default=256, help="generated images per evaluation")
+    c.add_argument("--pruning", choices=["local", "global", "gradual"], help="pruning mode")
+    c.add_argument("--gradual-steps", type=int, help="gradual pruning reaches k at this step")
+    _search_args(c)
+    c.set_defaults(func=cmd_curve)
 
     i = sub.add_parser("inspect", help="a mask file's metadata as JSON")
     i.add_argument("mask", help="mask file")

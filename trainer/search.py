@@ -4,6 +4,7 @@ fine-tuning a found ticket. Long runs report progress, honour cancel, checkpoint
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -95,6 +96,7 @@ class Progress:
     eta_s: float
     keep: float
     preview_png: bytes | None = None
+    snapshot: Callable[[], nn.Module] | None = None  # the current ticket, BN recalibrated, eval mode
 
 
 class SearchCancelled(Exception):
@@ -154,7 +156,8 @@ def load_checkpoint(path: Path) -> dict | None:
 def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objective: MomentMatching,
           extractor: nn.Module, device: str, after_step: Callable[[int], None],
           progress: Callable[[Progress], None] | None, cancel: Callable[[], bool] | None,
-          checkpoint: Path | None, resume: bool, keep: Callable[[], float]) -> list[tuple[int, float]]:
+          checkpoint: Path | None, resume: bool, keep: Callable[[], float],
+          snapshot: Callable[[], nn.Module] | None = None) -> list[tuple[int, float]]:
     """The shared optimisation loop; returns (iteration, loss) points."""
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     gen = torch.Generator().manual_seed(cfg.seed)  # latents; CPU so the stream is device-free
@@ -200,7 +203,7 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
                 with torch.no_grad():
                     preview = _png(to_uint8(model(preview_z)))
             progress(Progress(t + 1, cfg.iterations, loss, lr, elapsed,
-                              elapsed / done * (cfg.iterations - t - 1), keep(), preview))
+                              elapsed / done * (cfg.iterations - t - 1), keep(), preview, snapshot))
         if checkpoint and (time.monotonic() - last_ckpt >= cfg.checkpoint_every_s or t + 1 == cfg.iterations):
             _save_checkpoint(checkpoint, {
                 "iteration": t + 1, "params": [p.detach().cpu() for p in params],
@@ -278,8 +281,15 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
     init_scores(g, cfg.seed)
     pruner = Pruner(g, cfg.k, cfg.pruning, gradual_steps=cfg.gradual_steps or cfg.iterations // 2,
                     dense_layers=cfg.dense_layers)
+    def snapshot() -> nn.Module:
+        twin = copy.deepcopy(g)
+        with torch.no_grad():
+            recalibrate_bn(twin, spec.nz, batches=max(2, cfg.bn_batches // 2), seed=cfg.seed + 2, device=device)
+        return twin.eval()
+
     losses = _loop(g, pruner.scores(), cfg, objective, extractor, device, pruner.set_step,
-                   progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep)
+                   progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep,
+                   snapshot=snapshot)
     final = losses[-1][1] if losses else float("nan")
     data = _finish_mask(g, pruner, spec, sha, cfg, domain, dataset.dataset_sha256,
                         extractor.name, cfg.iterations, {"final_loss": final}, device)
