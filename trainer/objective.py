@@ -3,14 +3,16 @@
 Per matched layer l with F_l features, batch moments of the fake features
     mu_f = mean_b phi(x_b),  var_f = mean_b (phi(x_b) - mu_f)^2        (population variance)
 are matched to the cached real moments (mu_r, var_r). The plain loss is
-    L = sum_l w_l [ mean_f (mu_r - mu_f)^2 + mean_f (var_r - var_f)^2 ].
+    L = sum_l [ a_l mean_f (mu_r - mu_f)^2 + b_l mean_f (var_r - var_f)^2 ]
+with a_l = b_l = 1 as published, or (layer_norm) a_l = 1/s_l^2, b_l = 1/s_l^4 where
+s_l^2 = mean_f (mu_r^2 + var_r) is layer l's real feature scale.
 With AMA (GFMN, Santos et al. 2019) the noisy batch differences d = mu_r - mu_f (and the
 same for var) are replaced by a moving average v kept by Adam on 1/2 ||v - d||^2:
     g_t = v_{t-1} - d_t
     m_t = b1 m_{t-1} + (1 - b1) g_t,          u_t = b2 u_{t-1} + (1 - b2) g_t^2
     v_t = v_{t-1} - lr * (m_t / (1 - b1^t)) / (sqrt(u_t / (1 - b2^t)) + eps)
-and the surrogate minimised by the scores is  S = -sum_l w_l mean_f (2 v_t * mu_f)  (and its
-var twin), whose gradient -2 v_t dmu_f/dtheta equals dL/dtheta with d_t replaced by v_t.
+and the surrogate minimised by the scores is  S = -sum_l a_l mean_f (2 v_t * mu_f)  (and its
+var twin with b_l), whose gradient -2 v_t dmu_f/dtheta equals dL/dtheta with d_t replaced by v_t.
 """
 from __future__ import annotations
 
@@ -52,14 +54,14 @@ class MomentMatching(nn.Module):
                  var_weight: float = 1.0):
         super().__init__()
         self.n_layers = len(real.mean)
-        self.var_weight = var_weight
         for i, (mu, var) in enumerate(zip(real.mean, real.var)):
             self.register_buffer(f"mu_r{i}", mu.float())
             self.register_buffer(f"var_r{i}", var.float())
-            # layer_norm: divide layer l by its real features' mean square, so deep layers with
-            # small activations count as much as the first ones
-            w = 1.0 / float((mu.double() ** 2 + var.double()).mean().clamp_min(1e-12)) if layer_norm else 1.0
-            self.register_buffer(f"w{i}", torch.tensor(w))
+            # layer_norm: measure each layer in units of its real features' scale s^2 = mean(mu^2 + var),
+            # mean term / s^2 and variance term / s^4, so no layer dominates by its activation size
+            s2 = float((mu.double() ** 2 + var.double()).mean().clamp_min(1e-12)) if layer_norm else 1.0
+            self.register_buffer(f"w_mu{i}", torch.tensor(1.0 / s2))
+            self.register_buffer(f"w_var{i}", torch.tensor(var_weight / s2 ** 2))
         self.ama = nn.ModuleList(
             [AdamMovingAverage(int(mu.numel()), ama_lr, ama_betas) for mu in real.mean for _ in (0, 1)]
         ) if ama else None
@@ -72,15 +74,15 @@ class MomentMatching(nn.Module):
             f = f.float().flatten(1)  # [B, F_l]; moments in fp32 even under autocast
             mu_f = f.mean(0)
             var_f = f.var(0, unbiased=False)
-            mu_r, var_r, w = getattr(self, f"mu_r{i}"), getattr(self, f"var_r{i}"), getattr(self, f"w{i}")
+            mu_r, var_r = getattr(self, f"mu_r{i}"), getattr(self, f"var_r{i}")
+            w_mu, w_var = getattr(self, f"w_mu{i}"), getattr(self, f"w_var{i}")
             d_mu, d_var = mu_r - mu_f, var_r - var_f
-            layer = (d_mu ** 2).mean() + self.var_weight * (d_var ** 2).mean()
-            plain = plain + w * layer.detach()
+            layer = w_mu * (d_mu ** 2).mean() + w_var * (d_var ** 2).mean()
+            plain = plain + layer.detach()
             if self.ama is None:
-                surrogate = surrogate + w * layer
+                surrogate = surrogate + layer
             else:
                 v_mu = self.ama[2 * i].update(d_mu.detach())
                 v_var = self.ama[2 * i + 1].update(d_var.detach())
-                surrogate = surrogate - w * ((2 * v_mu * mu_f).mean()
-                                             + self.var_weight * (2 * v_var * var_f).mean())
+                surrogate = surrogate - (w_mu * (2 * v_mu * mu_f).mean() + w_var * (2 * v_var * var_f).mean())
         return surrogate, float(plain)

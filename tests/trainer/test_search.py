@@ -72,8 +72,8 @@ def test_moment_loss_matches_numpy():
         for f, mu_r, var_r in zip(feats, real.mean, real.var):
             f = f.numpy().reshape(6, -1).astype(np.float64)
             mu_r, var_r = mu_r.numpy(), var_r.numpy()
-            w = 1 / np.mean(mu_r ** 2 + var_r) if layer_norm else 1.0
-            ref += w * (np.mean((mu_r - f.mean(0)) ** 2) + np.mean((var_r - f.var(0)) ** 2))
+            s2 = np.mean(mu_r ** 2 + var_r) if layer_norm else 1.0
+            ref += np.mean((mu_r - f.mean(0)) ** 2) / s2 + np.mean((var_r - f.var(0)) ** 2) / s2 ** 2
         assert plain == pytest.approx(ref, rel=1e-5)
         assert float(loss) == pytest.approx(ref, rel=1e-5)
 
