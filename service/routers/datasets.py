@@ -1,4 +1,94 @@
-"""Routes for datasets (stub until its issue lands)."""
-from fastapi import APIRouter
+"""Datasets: `GET /datasets` lists them, `POST /datasets` (admin) installs an uploaded archive."""
+from __future__ import annotations
 
-router = APIRouter()
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from service.auth import require_admin
+from service.datasets import list_datasets
+from service.deps import get_state
+from service.jobs import BROKER_ERRORS
+from service.openapi import ADMIN, errors
+from service.state import AppState
+from service.uploads import (
+    UPLOAD_PREFIX,
+    Limits,
+    UploadError,
+    clean_stale_uploads,
+    install_upload,
+    receive_form,
+)
+from worker.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["datasets"])
+
+
+class Dataset(BaseModel):
+    name: str
+    format: str | None = None  # folder | zip | celeba | lsun | cifar10-bin | cifar10-py
+    images: int
+    skipped: int = 0  # images found unreadable so far
+    error: str | None = None  # why it cannot be opened
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["name", "file"],
+    "properties": {"name": {"type": "string", "pattern": DATASET_NAME.pattern,
+                            "maxLength": DATASET_NAME_MAX, "description": "the new dataset's name"},
+                   "file": {"type": "string", "format": "binary",
+                            "description": "a .zip or .tar(.gz) of images"}}}}}}}
+
+
+@router.get("/datasets", response_model=list[Dataset], summary="The datasets searches can use")
+def get_datasets(state: AppState = Depends(get_state)) -> list[dict]:
+    return list_datasets(state.settings.datasets_dir)
+
+
+@router.post("/datasets", status_code=status.HTTP_201_CREATED, response_model=Dataset,
+             dependencies=[Depends(require_admin)], openapi_extra=_UPLOAD_BODY,
+             summary="Upload a .zip or .tar(.gz) of images as a new dataset",
+             responses={**ADMIN, **errors(400, 409, 413, 415, 422, 507)})
+async def upload_dataset(request: Request, state: AppState = Depends(get_state)) -> dict:
+    s = state.settings
+    datasets_dir = s.datasets_dir
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_uploads(datasets_dir)
+
+    def check_field(key: str, value: str) -> None:  # fails before the file is read when `name` comes first
+        if key == "name":
+            _check_new_name(datasets_dir, value)
+
+    work = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=datasets_dir))
+    try:
+        fields, has_file = await receive_form(request, work / "upload", s.max_upload_bytes, check_field)
+        name = fields.get("name")
+        if name is None or not has_file:
+            raise UploadError(422, "send the form fields `name` (the dataset's name) and `file` (the archive)")
+        _check_new_name(datasets_dir, name)
+        limits = Limits(s.max_upload_bytes, s.max_unpacked_bytes, s.max_archive_entries)
+        info = await run_in_threadpool(install_upload, work / "upload", work, datasets_dir, name, limits)
+    except UploadError as e:
+        raise HTTPException(e.status_code, e.detail) from None
+    finally:
+        await run_in_threadpool(shutil.rmtree, work, True)
+    try:
+        state.jobs.warm_dataset_stats(name)
+    except BROKER_ERRORS as e:  # only a head start for the first search
+        log.warning("could not queue the statistics of dataset %s: %s", name, e)
+    return info
+
+
+def _check_new_name(datasets_dir: Path, name: str) -> None:
+    try:
+        check_dataset_name(name)
+    except ValueError as e:
+        raise UploadError(422, str(e)) from None
+    if (datasets_dir / name).exists():
+        raise UploadError(409, f"dataset {name!r} already exists")

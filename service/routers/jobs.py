@@ -1,4 +1,174 @@
-"""Routes for jobs (stub until its issue lands)."""
-from fastapi import APIRouter
+"""Search jobs: `POST /masks` starts one (admin), `GET /jobs` follows them, `DELETE` cancels."""
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from service.auth import require_admin
+from service.deps import get_state
+from service.jobs import BROKER_ERRORS, JobQueue
+from service.openapi import ADMIN, errors
+from service.state import AppState
+from trainer.search import PRESETS
+from worker.domains import DOMAIN_NAME, check_domain_name
+from worker.jobs import STATUSES
+from worker.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
+
+router = APIRouter(tags=["jobs"])
+
+JOB_ID = r"^[0-9a-f]{32}$"
+JobId = Path(..., pattern=JOB_ID, description="as returned by POST /masks")
+_REDIS_DOWN = HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Redis is unreachable",
+                            headers={"Retry-After": "1"})
+
+
+class SearchOverrides(BaseModel):
+    """Search settings; each optional, overriding the preset's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: float | None = Field(None, gt=0, le=1, description="fraction of weights KEPT (the paper's k)")
+    iterations: int | None = Field(None, ge=1, le=2_000_000)
+    batch_size: int | None = Field(None, ge=2, le=256)
+    pruning: Literal["local", "global", "gradual"] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**31, description="seeds scores and latents, never the base")
+    lr: float | None = Field(None, gt=0, le=1)
+
+
+class MaskJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # the patterns are checked by the validators below (clearer messages) and published in the schema
+    domain: str = Field(..., description="the domain the mask is for",
+                        json_schema_extra={"pattern": DOMAIN_NAME.pattern})
+    dataset: str = Field(..., description="a dataset name from GET /datasets (never a path)",
+                         json_schema_extra={"pattern": DATASET_NAME.pattern, "maxLength": DATASET_NAME_MAX})
+    preset: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
+        None, description="named settings the config overrides (default SLT_DEFAULT_PRESET, 'fast'); "
+                          "'demo' finishes in minutes on a CPU, 'paper' is the published 2M-step run")
+    config: SearchOverrides = SearchOverrides()
+    promote: StrictBool = Field(True, description="make the mask the domain's active one when it is done")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return check_domain_name(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return check_dataset_name(v)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued"]
+
+
+class Job(BaseModel):
+    job_id: str
+    domain: str
+    dataset: str
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    progress: float = Field(description="0..1")
+    iteration: int
+    iterations: int
+    loss: float | None = None
+    lr: float | None = None
+    eta_s: float | None = None
+    mask_id: str | None = None
+    error: str | None = None
+    note: str | None = Field(None, description="what happened to the job, e.g. resumed after its worker was lost")
+    preset: str | None = None
+    config: dict = Field(description="the exact search settings")
+    promote: bool
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    attempts: int = Field(description="times a worker started (or resumed) it")
+    resumed_from: int | None = Field(None, description="iteration of the checkpoint the last attempt resumed")
+    cancel_requested: bool = False
+    preview: str | None = Field(None, description="URL of the latest preview grid (PNG)")
+    losses: list[tuple[int, float | None]] | None = Field(
+        None, description="recent (iteration, loss) points; in GET /jobs/{job_id} only")
+
+
+def get_jobs(state: AppState = Depends(get_state)) -> JobQueue:
+    return state.jobs
+
+
+def _view(job: dict, losses: list | None = None) -> Job:
+    preview = f"/jobs/{job['job_id']}/preview" if job.get("preview_iteration") else None
+    return Job.model_validate({**job, "preview": preview, "losses": losses})
+
+
+@router.post("/masks", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted,
+             dependencies=[Depends(require_admin)], summary="Search a mask for a domain (a job)",
+             responses={**ADMIN, **errors(404, 422, 503)})
+def submit(body: MaskJobRequest, response: Response, jobs: JobQueue = Depends(get_jobs)) -> JobAccepted:
+    if not jobs.settings.dataset_path(body.dataset).exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {body.dataset!r} not found; "
+                                                       "GET /datasets lists them")
+    try:
+        job = jobs.submit(domain=body.domain, dataset=body.dataset, preset=body.preset,
+                          overrides=body.config.model_dump(exclude_none=True), promote=body.promote)
+    except ValueError as e:  # settings that pass one by one but not together
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(e)) from None
+    except BROKER_ERRORS:
+        raise _REDIS_DOWN from None
+    response.headers["Location"] = f"/jobs/{job['job_id']}"
+    return JobAccepted(job_id=job["job_id"], status="queued")
+
+
+@router.get("/jobs", response_model=list[Job], response_model_exclude_none=False,
+            summary="Jobs, newest first", responses=errors(422, 503))
+def list_jobs(status_: Literal[STATUSES] | None = Query(None, alias="status"),  # type: ignore[valid-type]
+              limit: int = Query(100, ge=1, le=1000),
+              jobs: JobQueue = Depends(get_jobs)) -> list[Job]:
+    try:
+        return [_view(j) for j in jobs.store.list(status_, limit)]
+    except BROKER_ERRORS:
+        raise _REDIS_DOWN from None
+
+
+@router.get("/jobs/{job_id}", response_model=Job, summary="One job, with its recent loss curve",
+            responses=errors(404, 422, 503))
+def get_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
+    try:
+        job = jobs.store.get(job_id)
+        if job is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+        return _view(job, jobs.store.losses(job_id))
+    except BROKER_ERRORS:
+        raise _REDIS_DOWN from None
+
+
+@router.get("/jobs/{job_id}/preview", summary="The job's latest preview grid",
+            responses={200: {"content": {"image/png": {}}}, **errors(404, 422, 503)})
+def get_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Response:
+    try:
+        png = jobs.store.preview(job_id)
+    except BROKER_ERRORS:
+        raise _REDIS_DOWN from None
+    if png is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no preview for job {job_id} (yet)")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Job,
+               dependencies=[Depends(require_admin)],
+               summary="Cancel a job: a queued one at once, a running one at its next iteration",
+               responses={**ADMIN, **errors(404, 409, 422, 503)})
+def cancel_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
+    try:
+        outcome = jobs.cancel(job_id)
+        if outcome == "missing":
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+        job = jobs.store.get(job_id)
+        if outcome == "finished":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job['status']}")
+        return _view(job)
+    except BROKER_ERRORS:
+        raise _REDIS_DOWN from None

@@ -1,0 +1,204 @@
+"""The engine itself (real Redis, tiny base): batch independence, LRU by bytes with pinning,
+grouping by domain, mask fetch from Redis, saturation."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from live_server import THREADS, make_mask, reference, settings_for
+
+from service.engine import Saturated, UnknownDomain, UnknownMask
+from service.state import AppState
+from trainer.generator import latents
+from trainer.masks import ForeignMaskError, MaskError
+from worker.broker import EmbeddedRedis
+
+
+def mid(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Running:
+    """An AppState (and so an Engine) started on an event loop in a thread of its own."""
+
+    def __init__(self, settings):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.state = AppState(settings)
+        self.run(self.state.start())
+        deadline = time.monotonic() + 60  # the readiness probe's images must not crowd the tests
+        while not self.engine.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def run(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def engine(self):
+        return self.state.engine
+
+    def close(self):
+        self.run(self.state.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
+        yield r.url
+
+
+@pytest.fixture(scope="module")
+def masks() -> list[bytes]:
+    return [make_mask(k, seed) for k, seed in ((0.5, 11), (0.2, 12), (0.8, 13))]
+
+
+@pytest.fixture
+def running(tmp_path, redis_url):
+    made = []
+
+    def start(**overrides):
+        r = Running(settings_for(tmp_path / f"home{len(made)}", redis_url, **overrides))
+        made.append(r)
+        return r
+
+    yield start
+    for r in made:
+        r.close()
+
+
+def _add(state: AppState, data: bytes, domain: str | None = None) -> str:
+    state.engine.import_mask(data)
+    if domain:
+        state.engine.apply(state.domains.promote(domain, mid(data)))
+    return mid(data)
+
+
+def test_thread_count_is_fixed(running):
+    r = running(torch_threads=THREADS)
+    assert r.engine.threads == THREADS == torch.get_num_threads()
+
+
+def test_image_never_depends_on_its_batch(running, masks):
+    """A request of 1 image, alone or with others of any mask in one step, gives the same pixels."""
+    r = running(batch_window_ms=0)
+    e = r.engine
+    ids = [_add(r.state, m) for m in masks]
+    alone = e.submit(ids[0], 42, 1).result(60)  # a batch of 1, padded to 2
+    with e.hold():
+        futs = [e.submit(ids[1], 7, 3), e.submit(ids[0], 42, 1), e.submit(ids[2], 9, 2),
+                e.submit(ids[0], 5, 4)]
+    mixed = [f.result(60) for f in futs]
+    assert np.array_equal(alone, mixed[1]) and np.array_equal(alone, reference(masks[0], 42, 1))
+    for (m, seed, n), got in zip([(1, 7, 3), (0, 42, 1), (2, 9, 2), (0, 5, 4)], mixed):
+        assert np.array_equal(got, reference(masks[m], seed, n)), (m, seed, n)
+    # and straight through the forward pass: row i of any batch equals its batch-of-1 result
+    w = e._weights(ids[0], set())
+    z = latents(3, 0, 5, e.spec.nz)
+    full = e._forward(w, z)
+    for i in range(5):
+        assert torch.equal(e._forward(w, z[i:i + 1])[0], full[i])
+
+
+def test_steps_group_requests_by_mask(running, masks):
+    r = running(max_batch=8)
+    e = r.engine
+    a, b = (_add(r.state, m) for m in masks[:2])
+    with e.hold():
+        futs = [e.submit(m, s, 2) for s, m in enumerate([a, b, a, b, a, b])]
+        with e._cond:
+            chunks = e._take(8)
+        assert [c[0].mask_id for c in chunks] == [a, a, a, b]  # the oldest mask first, then fill
+        assert e.queue_depth() == 4
+        e._step(chunks)  # run that step here while the loop is held; the loop does the rest
+    for f in futs:
+        assert f.result(60).shape == (2, 64, 64, 3)
+
+
+def test_lru_by_bytes_never_evicts_pinned(running, masks):
+    probe = running()
+    one = sum(t.numel() * t.element_size() for t in
+              probe.engine.build_weights(probe.engine.load_mask(_add(probe.state, masks[0]))).values())
+    r = running(device_cache_bytes=int(2.5 * one))
+    e = r.engine
+    a = _add(r.state, masks[0], "pin-a")
+    b = _add(r.state, masks[1], "lru-b")
+    c = _add(r.state, masks[2], "lru-c")
+    e.apply(r.state.domains.set_pinned("pin-a", True))
+    data = dict(zip((a, b, c), masks))
+    for m in (a, b, c, b, c):  # b and c are rebuilt into the buffers of evicted entries
+        assert np.array_equal(e.submit(m, 0, 2).result(60), reference(data[m], 0, 2))
+    assert set(e._cache.keys()) == {a, c}  # b fell out (LRU), a stayed (pinned), all in budget
+    assert e.metrics.cache_evictions._value.get() == 3
+    assert e._cache.bytes <= 2.5 * one
+    misses = e.metrics.cache_misses._value.get()
+    e.submit(c, 1, 2).result(60)
+    assert e.metrics.cache_misses._value.get() == misses  # warm: no rebuild
+    e.apply(r.state.domains.set_pinned("pin-a", False))
+
+
+def test_mask_only_in_redis_is_fetched_verified_and_cataloged(running, masks):
+    writer = running()
+    data = make_mask(0.4, 21)
+    writer.state.blobs.put(mid(data), data)  # as a worker on another host publishes it
+    writer.state.domains.promote("fetched", mid(data))
+    r = running()  # a fresh replica with an empty catalog
+    assert mid(data) not in r.state.catalog
+    gen = r.run(r.engine.generate("fetched", 3, 2))
+    assert gen.mask_id == mid(data) and np.array_equal(gen.images, reference(data, 3, 2))
+    assert mid(data) in r.state.catalog
+    with pytest.raises(UnknownDomain):
+        r.run(r.engine.generate("never-promoted", 0, 1))
+    with pytest.raises(UnknownMask):
+        r.engine.load_mask("0" * 64)
+    foreign = make_mask(0.4, 21, base="width=0.0625,seed=3")
+    r.state.blobs.put(mid(foreign), foreign)
+    with pytest.raises(ForeignMaskError):
+        r.engine.load_mask(mid(foreign))
+    assert mid(foreign) not in r.state.catalog
+
+
+def test_mask_with_wrong_bn_statistics_is_refused(running, masks):
+    from trainer.masks import decode_mask
+
+    r = running()
+    bad = decode_mask(masks[0])
+    bad.bn.pop(next(iter(bad.bn)))
+    with pytest.raises(MaskError, match="BatchNorm"):
+        r.engine.verify(bad)
+
+
+def test_full_queue_raises_saturated_with_a_retry_time(running, masks):
+    r = running(queue_limit=5)
+    e = r.engine
+    a = _add(r.state, masks[0])
+    with e.hold():
+        first = e.submit(a, 0, 4)
+        with pytest.raises(Saturated) as exc:
+            e.submit(a, 1, 2)
+        assert exc.value.retry_after >= 1
+        e.submit(a, 2, 1)  # still fits: 4 + 1 <= 5
+    assert first.result(60).shape[0] == 4
+    big = e.submit(a, 3, 9)  # more than the limit is accepted by an empty queue
+    assert big.result(60).shape[0] == 9
+
+
+def test_promotion_elsewhere_warms_a_hot_domain(running, masks):
+    r = running()
+    e = r.engine
+    a = _add(r.state, masks[0], "warm")
+    b = _add(r.state, masks[1])
+    r.run(e.generate("warm", 0, 2))  # a is hot now
+    r.state.domains.promote("warm", b)  # published; the listener applies and prebuilds b
+    t0 = time.monotonic()
+    while not e.is_resident(b) and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    assert e.is_resident(b) and e.domains_view()["warm"] == b
+    assert a in e._cache  # nothing needed evicting

@@ -1,0 +1,319 @@
+"""What a worker does with a job: take its lease, search (resuming any checkpoint), put the
+mask in the catalog, promote it; and the smaller dataset-statistics and evaluation tasks.
+
+One `Context` per worker process holds its Redis client, stores and device. `STOP` is set
+when the worker is asked to shut down: the running search stops at its next iteration and
+hands its job back (queued again), to be resumed from its checkpoint.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from celery import Celery
+
+from trainer.data import DatasetError, ImageDataset, open_dataset
+from trainer.generator import BaseSpec
+from trainer.masks import MaskCatalog
+from trainer.search import Progress, SearchCancelled, config_from, search
+from trainer.settings import resolve_device
+from worker.app import LOW_PRIORITY
+from worker.broker import connect
+from worker.domains import DomainRegistry, MaskBlobs
+from worker.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Lease
+from worker.queue import EVALUATE_TASK, QUEUE, send_search
+from worker.settings import WorkerSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+STOP = threading.Event()  # the worker is shutting down
+PROGRESS_EVERY_S = 0.5  # progress writes per job at most this often (previews and the end always)
+
+
+@dataclass
+class Context:
+    """A worker process's long-lived objects."""
+
+    app: Celery
+    settings: WorkerSettings
+    client: redis.Redis
+    store: JobStore
+    catalog: MaskCatalog
+    blobs: MaskBlobs
+    domains: DomainRegistry
+    owner: str  # host:pid, written into leases and job records
+
+    @classmethod
+    def for_app(cls, app: Celery, settings: WorkerSettings | None = None) -> Context:
+        settings = settings or get_settings()
+        client = connect(app.conf.broker_url)
+        return cls(app, settings, client, JobStore(client), MaskCatalog(settings.masks_dir),
+                   MaskBlobs(client), DomainRegistry(client), f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def device(self) -> str:
+        return worker_device(self.settings.device, self.settings.worker_memory_fraction)
+
+    def open_dataset(self, name: str) -> ImageDataset:
+        path = self.settings.dataset_path(name)
+        if not path.exists():
+            raise DatasetError(f"dataset {name!r} not found (GET /datasets lists them)")
+        return open_dataset(path, cache_dir=self.settings.cache_dir)
+
+    def public_error(self, e: BaseException) -> str:
+        """An error for the job record: short, and without this host's directories."""
+        text = str(e) if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+        return text.replace(str(self.settings.datasets_dir) + "/", "").replace(
+            str(self.settings.home), "$SLT_HOME")[:2000]
+
+
+@lru_cache(maxsize=1)
+def worker_device(name: str, memory_fraction: float) -> str:
+    """The search device; on a GPU the worker keeps to its share of memory, so the API serving
+    on the same card never runs out."""
+    device = resolve_device(name)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_per_process_memory_fraction(memory_fraction, torch.device(device))
+        log.info("worker on %s, capped at %.0f%% of its memory", device, 100 * memory_fraction)
+    return device
+
+
+class Reporter:
+    """The search's progress callback: writes the job's progress (throttled), loss points and
+    previews, as long as this worker still holds the lease."""
+
+    def __init__(self, store: JobStore, lease: Lease):
+        self.store, self.lease = store, lease
+        self.iteration, self._last, self._first = 0, 0.0, True
+
+    def __call__(self, p: Progress) -> None:
+        self.iteration = p.iteration
+        fields: dict = {}
+        if self._first:
+            self._first = False
+            if p.iteration > 1:  # the loop starts at the checkpoint's iteration + 1
+                fields["resumed_from"] = p.iteration - 1
+                log.info("job %s resumed from its checkpoint at iteration %d", self.lease.job_id,
+                         p.iteration - 1)
+        now = time.monotonic()
+        if not (fields or p.preview_png or p.iteration >= p.iterations
+                or now - self._last >= PROGRESS_EVERY_S):
+            return
+        self._last = now
+        loss = p.loss if math.isfinite(p.loss) else None
+        fields.update(iteration=p.iteration, iterations=p.iterations,
+                      progress=p.iteration / max(1, p.iterations), loss=loss, lr=p.lr,
+                      eta_s=round(p.eta_s, 1), keep=p.keep, heartbeat=time.time())
+        if p.preview_png:
+            fields["preview_iteration"] = p.iteration
+        try:
+            if not self.store.update(self.lease, fields, point=(p.iteration, loss),
+                                     preview=p.preview_png):
+                self.lease.lost.set()  # lease expired or taken over, or the job ended elsewhere
+        except redis.RedisError as e:  # progress is best effort; the lease decides ownership
+            log.warning("job %s: progress not written: %s", self.lease.job_id, e)
+
+
+class StopCheck:
+    """The search's cancel callable, asked every iteration; `reason` says why it stopped."""
+
+    def __init__(self, store: JobStore, lease: Lease, deadline: float):
+        self.store, self.lease, self.deadline = store, lease, deadline
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if STOP.is_set():
+            self.reason = "shutdown"
+        elif self.lease.lost.is_set():
+            self.reason = "lost"
+        elif time.time() > self.deadline:
+            self.reason = "time"
+        else:
+            try:
+                status, cancel = self.store.control(self.lease.job_id)
+            except redis.RedisError as e:
+                log.warning("job %s: cannot read its cancel flag: %s", self.lease.job_id, e)
+                return False
+            if cancel:
+                self.reason = "cancel"
+            elif status != RUNNING:
+                self.reason = "lost"
+        return self.reason is not None
+
+
+class StoppableDataset:
+    """The dataset as a search sees it: between batches of the real-statistics pass (minutes
+    on a large dataset, before the first iteration) it asks the stop check too, so a cancel or
+    a worker shutdown is honoured there as well."""
+
+    def __init__(self, dataset: ImageDataset, stop: StopCheck):
+        self._dataset, self._stop = dataset, stop
+
+    def __getattr__(self, name: str):
+        return getattr(self._dataset, name)
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def batches(self, *args, **kwargs):
+        for batch in self._dataset.batches(*args, **kwargs):
+            if self._stop():
+                raise SearchCancelled("stopped during the real-statistics pass")
+            yield batch
+
+
+class SearchRun:
+    """One delivery of a job's message."""
+
+    def __init__(self, ctx: Context, job_id: str):
+        self.ctx, self.job_id = ctx, job_id
+        self.job_dir = ctx.settings.jobs_dir / job_id
+
+    def __call__(self) -> str:
+        store, job_id = self.ctx.store, self.job_id
+        job = store.get(job_id)
+        if job is None:
+            log.warning("job %s has no record; its message is dropped", job_id)
+            return "missing"
+        if job["status"] in TERMINAL:
+            log.info("job %s is already %s; its message is dropped", job_id, job["status"])
+            return job["status"]
+        lease = store.lease(job_id, self.ctx.owner, self.ctx.settings.lease_s)
+        if not lease.acquire():
+            log.info("job %s runs elsewhere (lease %s); this delivery does nothing", job_id,
+                     store.lease_holder(job_id))
+            return "leased"
+        outcome = "lost"
+        try:
+            with lease.heartbeat():
+                started = store.start(lease, self.ctx.owner)
+                if started != "ok":
+                    log.info("job %s not started: %s", job_id, started)
+                    return started
+                log.info("job %s: %s on %s, attempt %s", job_id, job["domain"], job["dataset"],
+                         (job.get("attempts") or 0) + 1)
+                outcome = self._run(store.get(job_id), lease)
+                return outcome
+        finally:
+            lease.release()
+            if outcome == "requeued":  # after the release, so the next delivery can take it
+                send_search(self.ctx.app, store, job_id, resume=True)
+
+    def _run(self, job: dict, lease: Lease) -> str:
+        stop = StopCheck(self.ctx.store, lease, job["started"] + job["time_limit_s"])
+        reporter = Reporter(self.ctx.store, lease)
+        try:
+            if job.get("mask_id") and job["mask_id"] in self.ctx.catalog:  # died after the catalog write
+                data = self.ctx.catalog.bytes(job["mask_id"])
+            else:
+                data = self._search(job, reporter, stop)
+        except SearchCancelled:
+            return self._stopped(job, lease, stop.reason, reporter.iteration)
+        except Exception as e:
+            if lease.lost.is_set():
+                log.warning("job %s: %s after its lease was lost; left to its new owner", self.job_id, e)
+                return "lost"
+            log.exception("job %s failed", self.job_id)
+            self.ctx.store.finish(lease, FAILED, error=self.ctx.public_error(e), finished=time.time())
+            self._clean()
+            return FAILED
+        return self._succeed(job, lease, data)
+
+    def _search(self, job: dict, reporter: Reporter, stop: StopCheck) -> bytes:
+        ds = StoppableDataset(self.ctx.open_dataset(job["dataset"]), stop)
+        cfg = config_from(None, **job["config"])
+        res = search(BaseSpec.from_dict(job["base"]), cfg, ds, domain=job["domain"],
+                     device=self.ctx.device, progress=reporter, cancel=stop,
+                     checkpoint=self.job_dir / "checkpoint.pt", resume=True,
+                     cache_dir=self.ctx.settings.cache_dir)
+        log.info("job %s: search done in %.1f s, final loss %.5g", self.job_id, res.seconds, res.final_loss)
+        return res.data
+
+    def _stopped(self, job: dict, lease: Lease, reason: str | None, iteration: int) -> str:
+        store, now = self.ctx.store, time.time()
+        if reason == "cancel":
+            store.finish(lease, CANCELLED, finished=now, note=f"cancelled at iteration {iteration}")
+            log.info("job %s cancelled at iteration %d", self.job_id, iteration)
+            self._clean()
+            return CANCELLED
+        if reason == "time":
+            store.finish(lease, FAILED, finished=now,
+                         error=f"time limit: still running after {job['time_limit_s']:g} s "
+                               f"(SLT_JOB_TIME_LIMIT_S); stopped at iteration {iteration}")
+            log.warning("job %s failed: past its time limit at iteration %d", self.job_id, iteration)
+            self._clean()
+            return FAILED
+        if reason == "shutdown":
+            ok = store.finish(lease, QUEUED, note=f"its worker stopped at iteration {iteration}; "
+                                                  "it resumes from its last checkpoint")
+            if ok:
+                log.info("job %s handed back at iteration %d (the worker is stopping)", self.job_id, iteration)
+            return "requeued" if ok else "lost"
+        log.warning("job %s: no longer ours (lease lost or status changed); stopped", self.job_id)
+        return "lost"
+
+    def _succeed(self, job: dict, lease: Lease, data: bytes) -> str:
+        ctx = self.ctx
+        mask_id = ctx.catalog.add(data)  # verified, written atomically, idempotent
+        # recorded before anything else, so a crash from here on finishes these steps again
+        # instead of searching again
+        if not ctx.store.update(lease, {"mask_id": mask_id}):
+            return "lost"
+        ctx.blobs.put(mask_id, data)
+        if job["promote"]:
+            ctx.domains.promote(job["domain"], mask_id, by=f"job:{self.job_id}")
+        if not ctx.store.finish(lease, SUCCEEDED, mask_id=mask_id, progress=1.0, eta_s=0.0,
+                                finished=time.time()):
+            return "lost"
+        log.info("job %s succeeded: mask %s%s", self.job_id, mask_id[:12],
+                 f", promoted to {job['domain']}" if job["promote"] else "")
+        self._clean()
+        if ctx.settings.eval_n and importlib.util.find_spec("trainer.evaluate") is not None:
+            ctx.app.send_task(EVALUATE_TASK, args=[mask_id, job["dataset"]], queue=QUEUE,
+                              priority=LOW_PRIORITY)
+        return SUCCEEDED
+
+    def _clean(self) -> None:
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def dataset_stats(ctx: Context, dataset: str, features: str) -> dict:
+    """Real feature moments of a dataset, computed once into the cache that searches read."""
+    from trainer.features import load_extractor
+    from trainer.stats import real_moments
+
+    ds = ctx.open_dataset(dataset)
+    extractor = load_extractor(features, ctx.device)
+    m = real_moments(ds, extractor, device=ctx.device, cache_dir=ctx.settings.cache_dir)
+    return {"dataset": dataset, "images": len(ds), "skipped": ds.skipped,
+            "dataset_sha256": ds.dataset_sha256, "features": extractor.name, "n": m.n}
+
+
+def evaluate(ctx: Context, mask_id: str, dataset: str) -> dict | None:
+    """Metrics of a finished mask, recorded beside it in the catalog. Optional: without
+    `trainer.evaluate`, or when it fails, the mask simply has no metrics."""
+    try:
+        from trainer.evaluate import evaluate_mask
+    except ImportError:
+        log.info("trainer.evaluate is not available; mask %s gets no metrics", mask_id[:12])
+        return None
+    try:
+        metrics = evaluate_mask(ctx.catalog.read(mask_id), ctx.open_dataset(dataset),
+                                n=ctx.settings.eval_n, device=ctx.device)
+    except Exception as e:  # evaluation is extra information, never a reason to fail a job
+        log.warning("evaluation of mask %s failed: %s; no metrics recorded", mask_id[:12], e)
+        return None
+    ctx.catalog.record_metrics(mask_id, metrics)
+    log.info("mask %s evaluated: %s", mask_id[:12], metrics)
+    return metrics

@@ -1,0 +1,119 @@
+"""Settings the worker and the service share (environment variables SLT_*).
+
+The service's `Settings` extends this class with what only the API needs, so one name
+(SLT_HOME, SLT_REDIS_URL, SLT_BASE, SLT_LEASE_S, ...) means the same in every process.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainer.generator import BaseSpec
+from trainer.settings import TrainerSettings
+
+# A dataset is an entry of $SLT_HOME/datasets named by this: never a path. Dots only between
+# other characters ("celeba.zip"), so no "..", no hidden entries.
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+DATASET_NAME_MAX = 64
+
+
+def check_dataset_name(name: str) -> str:
+    if len(name or "") > DATASET_NAME_MAX or not DATASET_NAME.match(name or ""):
+        raise ValueError(f"dataset name {name!r}: up to {DATASET_NAME_MAX} of A-Z a-z 0-9 _ - and "
+                         "single dots between them; a name from GET /datasets, never a path")
+    return name
+
+
+def parse_base(value: str | dict | None) -> BaseSpec:
+    """SLT_BASE: JSON ({"width": 0.25, "init": "signed_constant", "seed": 0}) or
+    `key=value` pairs (`width=0.25,init=signed_constant,seed=0`); unset means the paper's GFMN."""
+    if value is None or value == "":
+        return BaseSpec()
+    if isinstance(value, dict):
+        return BaseSpec.from_dict(value)
+    value = value.strip()
+    if value.startswith("{"):
+        return BaseSpec.from_dict(json.loads(value))
+    d: dict = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        k, _, v = part.partition("=")
+        k = k.strip().replace("base_seed", "seed")
+        d[k] = v.strip() if k in ("arch", "init") else (float(v) if k == "width" else int(v))
+    return BaseSpec.from_dict(d)
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLT_", extra="ignore")
+
+    home: Path = Path("./var")
+    redis_url: str | None = None  # unset: the embedded redis under home
+    device: str = "auto"  # auto | cpu | cuda
+    base: str = ""  # see parse_base
+    demo: bool = False  # queue one demo search per demo dataset on a first start
+    log_level: str = "info"  # of `python -m service` and `python -m worker`
+    # jobs
+    job_time_limit_s: int = 7 * 24 * 3600
+    lease_s: float = Field(60.0, gt=0)  # a job whose heartbeat is older than this is taken over
+    worker_memory_fraction: float = Field(0.6, ge=0.05, le=1.0)  # cap of the worker on a shared GPU
+    checkpoint_every_s: float = Field(60.0, gt=0)  # work lost to a crash is at most this
+    default_preset: str = "fast"  # POST /masks without "preset" (trainer.search.PRESETS)
+    # Feature extractor of every search, overriding the preset's. For tests and offline use only
+    # (`random`); the API never takes it per job.
+    search_features: str | None = None
+    eval_n: int = Field(10_000, ge=0)  # images per side when a finished mask is evaluated; 0: none
+
+    @field_validator("home")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @field_validator("default_preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from trainer.search import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose from {sorted(PRESETS)}")
+        return v
+
+    @property
+    def base_spec(self) -> BaseSpec:
+        return parse_base(self.base)
+
+    @property
+    def trainer(self) -> TrainerSettings:
+        return TrainerSettings.from_env({"SLT_HOME": str(self.home), "SLT_DEVICE": self.device})
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.home / "masks"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    def dataset_path(self, name: str) -> Path:
+        """The dataset called `name` (checked: a name, never a path); it may not exist."""
+        return self.datasets_dir / check_dataset_name(name)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> WorkerSettings:
+    return WorkerSettings()
