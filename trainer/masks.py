@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from trainer.atomic_write import write_atomic
 
 FORMAT = "slt-mask/1"
 MAX_FILE_BYTES = 64 << 20  # a width-2 base still fits; anything larger is not a mask
@@ -211,29 +211,9 @@ def check_shapes(mask: MaskFile, model: torch.nn.Module) -> None:
             raise MaskError(f"mask parameter {name!r} {shape} does not fit the base")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync, rename, fsync dir: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def write_mask_file(path: str | Path, data: bytes) -> None:
     """Write mask bytes to a user-chosen path, atomically."""
-    _write_atomic(Path(path), data)
+    write_atomic(Path(path), data)
 
 
 def read_mask_file(path: str | Path) -> MaskFile:
@@ -268,7 +248,7 @@ class MaskCatalog:
             check_base(mask, base_sha)
         p = self.path(mask.mask_id)
         if not p.exists():
-            _write_atomic(p, data)
+            write_atomic(p, data)
         return mask.mask_id
 
     def read(self, mask_id: str) -> MaskFile:
@@ -288,7 +268,7 @@ class MaskCatalog:
         side = self.root / f"{mask_id}.metrics.json"
         old = json.loads(side.read_text()) if side.exists() else {}
         old.update(metrics)
-        _write_atomic(side, json.dumps(old, indent=1, sort_keys=True).encode())
+        write_atomic(side, json.dumps(old, indent=1, sort_keys=True).encode())
 
     def metrics(self, mask_id: str) -> dict:
         side = self.root / f"{mask_id}.metrics.json"

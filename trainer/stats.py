@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm import tqdm
 
+from trainer.atomic_write import write_atomic
 from trainer.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -96,27 +95,6 @@ def compute_moments(batches: Iterable[torch.Tensor], extractor: torch.nn.Module,
     return rm.result()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder: no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over names and bytes in name order: detects corruption that still parses."""
     h = hashlib.sha256()
@@ -134,7 +112,7 @@ def save_moments(path: Path, m: Moments, meta: dict[str, str] | None = None) -> 
         tensors[f"var.{i:02d}"] = var.contiguous()
     md = {**(meta or {}), "format": MOMENTS_FORMAT, "n": str(m.n), "layers": str(len(m.mean)),
           "payload_sha256": _payload_sha256(tensors)}
-    _atomic_write(Path(path), save(tensors, metadata=md))
+    write_atomic(Path(path), save(tensors, metadata=md))
 
 
 def load_moments(path: Path) -> tuple[Moments, dict[str, str]]:

@@ -137,13 +137,15 @@ def test_killed_writer_leaves_no_mask(tmp_path, small_mask):
 import os, sys, time
 sys.path.insert(0, {os.getcwd()!r})
 import trainer.masks as m
+import trainer.atomic_write as aw
 real_fdopen = os.fdopen
 class Slow:
     def __init__(self, f): self.f = f
+    def fileno(self): return self.f.fileno()
     def write(self, d): self.f.write(d[:10]); self.f.flush(); print('writing', flush=True); time.sleep(60)
     def __enter__(self): return self
     def __exit__(self, *a): self.f.close()
-m.os.fdopen = lambda fd, mode: Slow(real_fdopen(fd, mode))
+aw.os.fdopen = lambda fd, mode: Slow(real_fdopen(fd, mode))
 m.MaskCatalog({str(tmp_path)!r}).add(open({str(tmp_path / 'src')!r}, 'rb').read())
 """
     (tmp_path / "src").write_bytes(small_mask)
