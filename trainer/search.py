@@ -9,8 +9,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
+from trainer.atomic_write import write_atomic
 from trainer.generator import BaseSpec, Generator, base_sha256, build_base, latents
 from trainer.masks import MaskFile, encode_mask
 from trainer.objective import MomentMatching
@@ -134,17 +133,9 @@ def _png(images: np.ndarray) -> bytes:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict | None:
