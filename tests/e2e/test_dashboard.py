@@ -24,7 +24,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
 SAMPLE_LOADED = ("() => { const i = document.querySelector('article.domain[data-domain=\"e2e-emoji\"] img.sample');"
                  " return i && i.complete && i.naturalWidth > 0; }")
-ITERATIONS = 16  # at batch 2 on a tiny base: long enough to watch the bar move
+ITERATIONS = 16  # at batch 2 on a tiny base: seconds
+LONG_ITERATIONS = 5000  # 50 iterations per percent: the bar is seen moving, then cancelled
 
 if not CHROMIUM.is_file():  # .ci/run installs it: a missing browser is a failure, not a skip
     pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)", pytrace=False)
@@ -111,8 +112,10 @@ def test_dashboard_launch_watch_promote_and_roll_back(stack: Stack, browser, tmp
     sync_api.expect(page.locator("#conn")).to_have_text("live", timeout=10_000)
     sync_api.expect(page.locator("#f-dataset option[value=emoji]")).to_have_count(1, timeout=10_000)
 
-    # launch from the form; the bar moves while it runs
-    first = launch(page, "e2e-emoji")
+    # a long search from the form: the bar and the loss curve move while it runs; then it is
+    # cancelled from its card. Long enough that even an idle fast machine cannot finish it
+    # before the bar has been seen at three places.
+    first = launch(page, "e2e-long", iterations=LONG_ITERATIONS)
     seen: set[int] = set()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -126,6 +129,12 @@ def test_dashboard_launch_watch_promote_and_roll_back(stack: Stack, browser, tmp
     assert len(moving) >= 2, f"progress never seen moving: {sorted(seen)}"
     assert page.locator(f'article[data-job="{first}"] svg.curve polyline').count() == 1
     shot(page, tmp_path, "dashboard-running.png")
+    page.locator(f'article[data-job="{first}"] button.job-cancel').click()
+    wait_status(page, first, "cancelled", timeout=60)
+    assert stack.job(first).get("mask_id") is None
+
+    # a short search that finishes
+    first = launch(page, "e2e-emoji")
     wait_status(page, first, "succeeded")
 
     # the domain appears, with a sample grid the API generated
@@ -157,11 +166,6 @@ def test_dashboard_launch_watch_promote_and_roll_back(stack: Stack, browser, tmp
     history = [h["mask_id"] for h in httpx.get(f"{stack.url}/domains").json()[0]["history"]]
     assert history[:3] == [first_mask, second_mask, first_mask]
     shot(page, tmp_path, "dashboard-rolled-back.png")
-
-    # a long search, cancelled from its card
-    third = launch(page, "e2e-cancelled", iterations=100_000)
-    page.locator(f'article[data-job="{third}"] button.job-cancel').click()
-    wait_status(page, third, "cancelled", timeout=60)
 
     # readable on a phone: no sideways scrolling of the page itself
     phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,

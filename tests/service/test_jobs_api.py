@@ -33,7 +33,7 @@ def stack(tmp_path_factory, emoji_google_dir: Path):
 
 
 def test_search_job_progresses_succeeds_and_promotes(stack: Stack):
-    job_id = stack.submit("tiny", domain="tiny-domain", iterations=12)
+    job_id = stack.submit("tiny", domain="tiny-domain", iterations=24)
     seen: list[dict] = []
     job = stack.wait_job(job_id, seen=seen)
     assert job["status"] == "succeeded", job
@@ -41,11 +41,11 @@ def test_search_job_progresses_succeeds_and_promotes(stack: Stack):
     assert statuses[0] in ("queued", "running") and "running" in statuses
     progress = [j["progress"] for j in seen if j["status"] == "running"]
     assert progress == sorted(progress) and len({p for p in progress if 0 < p < 1}) >= 2, progress
-    assert job["progress"] == 1.0 and job["iteration"] == job["iterations"] == 12
+    assert job["progress"] == 1.0 and job["iteration"] == job["iterations"] == 24
     assert job["attempts"] == 1 and job["resumed_from"] is None and job["error"] is None
     assert job["started"] >= job["created"] and job["finished"] >= job["started"]
-    assert [p[0] for p in job["losses"]] == sorted(p[0] for p in job["losses"]) and job["losses"][-1][0] == 12
-    assert job["config"]["features"] == "random" and job["config"]["iterations"] == 12
+    assert [p[0] for p in job["losses"]] == sorted(p[0] for p in job["losses"]) and job["losses"][-1][0] == 24
+    assert job["config"]["features"] == "random" and job["config"]["iterations"] == 24
 
     # the mask: in the catalog, on the served base, promoted with its history
     assert job["mask_id"] in assert_catalog_intact(stack.home)
