@@ -31,8 +31,10 @@ data: install
 
 # Redis, a worker and the API on http://127.0.0.1:8000, in the foreground; Ctrl-C stops them all.
 # A first start queues one demo search per demo dataset (SLT_DEMO=0 to skip). README: "Running".
+# The demo base (width 0.25) unless SLT_BASE is set (empty: the paper's width-1 GFMN): a CPU
+# searches it in minutes and the shipped demo masks are for it (docs/TIME_TO_QUALITY.md).
 run: install data
-	SLT_DEMO=$${SLT_DEMO:-1} $(BIN)/python -m service.launcher
+	SLT_DEMO=$${SLT_DEMO:-1} SLT_BASE=$${SLT_BASE-width=0.25} $(BIN)/python -m service.launcher
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -157,11 +157,12 @@ class Launcher:
 
     def _banner(self, token: str, token_from: str) -> None:
         base = self._base_url()
-        demo = ("SLT_DEMO=1: a first start queues one demo search per demo dataset; "
+        demo = ("SLT_DEMO=1: a first start serves the shipped demo masks and queues one demo search per demo dataset; "
                 f"follow them at {base}/jobs" if self.settings.demo else "SLT_DEMO=0: no demo searches")
         for line in ("", "slt-serve is running", f"  Dashboard    {base}/admin",
                      f"  API docs     {base}/docs", f"  Admin token  {token}   (from {token_from})",
-                     f"  Data         {self.settings.home}", f"  {demo}", "  Ctrl-C stops everything.", ""):
+                     f"  Data         {self.settings.home}",
+                     f"  Base         {self.settings.base_spec.to_json()}", f"  {demo}", "  Ctrl-C stops everything.", ""):
             log.info(line)
 
     def _supervise_redis(self) -> None:

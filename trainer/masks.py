@@ -194,6 +194,14 @@ def decode_mask(data: bytes) -> MaskFile:
     return MaskFile(packed, shapes, bn, meta, hashlib.sha256(data).hexdigest(), len(data))
 
 
+def with_metrics(data: bytes, metrics: dict) -> bytes:
+    """The same mask with `metrics` merged into its metadata (a new file, so a new mask_id)."""
+    mask = decode_mask(data)
+    meta = dict(mask.meta)
+    meta["metrics"] = json.dumps({**json.loads(meta.get("metrics") or "{}"), **metrics}, sort_keys=True)
+    return _serialise({**mask.packed, **mask.bn}, meta)
+
+
 def check_base(mask: MaskFile, base_sha: str) -> None:
     """Refuse a mask searched on another base."""
     if mask.base_sha256 != base_sha:

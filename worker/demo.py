@@ -1,9 +1,14 @@
-"""SLT_DEMO: on a first start, one short search per demo dataset, so a new user watches jobs
-progress and domains appear. Remembered in Redis, so later starts queue nothing."""
+"""SLT_DEMO: on a first start, each demo domain is served at once from the mask shipped in
+`worker/shipped/` (when it belongs to the served base), and one short search per demo dataset
+is queued, so a new user sees images straight away and watches jobs progress. Remembered in
+Redis, so later starts do neither again."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from trainer.generator import base_sha256, build_base
+from trainer.masks import MaskError, decode_mask
 from worker.queue import submit_search
 from worker.runner import Context
 
@@ -11,6 +16,37 @@ log = logging.getLogger(__name__)
 
 DEMO_DATASETS = ("emoji-google", "emoji-twitter")  # trainer.data.demo installs these (`make data`)
 DEMO_PRESET = "demo"  # sized to finish in minutes on a CPU
+SHIPPED = Path(__file__).with_name("shipped")  # <dataset>.safetensors, searched long (README there)
+
+
+def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
+    """Promote each demo domain's shipped mask when the domain has none yet and the mask is
+    for the served base; returns the domains seeded."""
+    served = None
+    seeded = []
+    for name in DEMO_DATASETS:
+        path = shipped / f"{name}.safetensors"
+        if not path.is_file() or ctx.domains.active(name) is not None:
+            continue
+        data = path.read_bytes()
+        try:
+            mask = decode_mask(data)
+        except MaskError as e:
+            log.error("shipped mask %s is unreadable (%s); not used", path.name, e)
+            continue
+        served = served or base_sha256(build_base(ctx.settings.base_spec))
+        if mask.base_sha256 != served:
+            log.info("shipped mask %s is for base %s, not the served %s (SLT_BASE); not used",
+                     path.name, mask.base_sha256[:12], served[:12])
+            continue
+        if not ctx.client.set(f"slt:shipped:{name}", "1", nx=True):
+            continue  # seeded before (and since replaced or rolled back by someone)
+        mask_id = ctx.catalog.add(data, base_sha=served)
+        ctx.blobs.put(mask_id, data)
+        ctx.domains.promote(name, mask_id, by="shipped")
+        log.info("demo: domain %s served from the shipped mask %s", name, mask_id[:12])
+        seeded.append(name)
+    return seeded
 
 
 def queue_demo_jobs(ctx: Context) -> list[str]:
@@ -24,8 +60,11 @@ def queue_demo_jobs(ctx: Context) -> list[str]:
         if not ctx.client.set(flag, "queued", nx=True):
             continue  # an earlier start (of this or another worker) queued it
         try:
+            # a domain already served (by its shipped, long-searched mask) keeps it; the demo
+            # job's mask lands in the catalog beside it, one click away on the dashboard
+            served = ctx.domains.active(name) is not None
             job = submit_search(ctx.app, ctx.store, ctx.settings, domain=name, dataset=name,
-                                preset=DEMO_PRESET, overrides={}, promote=True)
+                                preset=DEMO_PRESET, overrides={}, promote=not served)
         except Exception:
             ctx.client.delete(flag)  # so the next start tries again
             raise

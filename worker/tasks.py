@@ -44,12 +44,13 @@ _watchdog = None
 @signals.worker_ready.connect
 def _on_ready(**_) -> None:
     global _watchdog
-    from worker.demo import queue_demo_jobs
+    from worker.demo import queue_demo_jobs, seed_shipped_masks
     from worker.watchdog import Watchdog
 
     ctx = context()
     log.info("worker %s ready on %s (device %s)", ctx.owner, app.conf.broker_url, ctx.device)
     if ctx.settings.demo:
+        seed_shipped_masks(ctx)
         queue_demo_jobs(ctx)
     _watchdog = Watchdog(ctx)
     _watchdog.start()

@@ -22,7 +22,7 @@ from trainer.masks import (
     pack_bits,
     unpack_bits,
 )
-from trainer.search import SearchConfig, random_mask
+from trainer.search import SearchConfig, config_from, random_mask
 from trainer.ticket import build_ticket, generate
 
 SPEC = BaseSpec(width=0.125)
@@ -164,3 +164,15 @@ def test_generation_uses_stored_bn_and_is_batch_independent(small_mask):
     b = generate(g, seed=3, n=2, start=4, batch_size=1)
     np.testing.assert_array_equal(a[4:6], b)
     assert a.std() > 1  # not a constant image
+
+
+def test_with_metrics_keeps_bits_and_statistics_and_merges_metrics():
+    from trainer.masks import with_metrics
+
+    data = random_mask(BaseSpec(width=0.0625), config_from("demo"), "0" * 64)
+    out = with_metrics(with_metrics(data, {"kid": 0.1}), {"fid": 50.0})
+    a, b = decode_mask(data), decode_mask(out)
+    assert b.info()["metrics"] == {"kid": 0.1, "fid": 50.0}
+    assert all(np.array_equal(a.packed[k], b.packed[k]) for k in a.packed) and a.packed.keys() == b.packed.keys()
+    assert all(np.array_equal(a.bn[k], b.bn[k]) for k in a.bn) and a.bn.keys() == b.bn.keys()
+    assert {k: v for k, v in a.meta.items() if k != "metrics"} == {k: v for k, v in b.meta.items() if k != "metrics"}
