@@ -68,7 +68,7 @@ PRESETS: dict[str, dict] = {
     "fast": dict(features="vgg16-keras", lr=5e-3, ama=False, layer_norm=True, iterations=20_000,
                  batch_size=64, warmup=100),
     # the best a 2-core CPU gives in about 10 minutes
-    "demo": dict(features="vgg16-keras", lr=5e-3, ama=False, layer_norm=True, iterations=300,
+    "demo": dict(features="vgg16-keras", lr=1e-2, ama=False, layer_norm=True, iterations=350,
                  batch_size=32, warmup=20, bn_batches=20, preview_every=25),
 }
 

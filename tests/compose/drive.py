@@ -15,9 +15,9 @@ Phases, each timed:
   build        the image, with the build container on `network: none` (proves the wheelhouse
                path needs no index)
   up           fresh volumes, `up -d`, /readyz on 127.0.0.1
-  demo         SLT_DEMO=1 installed the demo datasets and queued their searches; these are
-               cancelled (DELETE /jobs) to keep the test short, or with --full-demo run to the
-               end and their domains are checked
+  demo         SLT_DEMO=1 installed the demo datasets, serves both demo domains at once from
+               the shipped masks (default base) and queued their searches; these are cancelled
+               (DELETE /jobs) to keep the test short, or with --full-demo run to the end
   search       POST /masks (admin), wait for it, GET /generate (PNG, deterministic)
   crash        second search; SIGKILL the worker container's main process mid-search; the
                restart policy brings it back and the job resumes from its checkpoint
@@ -357,9 +357,9 @@ def main() -> int:
             "SLT_PUBLISH_HOST=127.0.0.1",
             f"SLT_PUBLISH_PORT={port}",
             f"SLT_ADMIN_TOKEN={token}",
-            # small and fast: a 1/8-width base, a random extractor (the test variant the worker
-            # offers), few evaluation images, frequent checkpoints, a short lease
-            "SLT_BASE=width=0.125",
+            # the compose default base (width 0.25, which the shipped demo masks fit); small and
+            # fast otherwise: a random extractor (the test variant the worker offers), few
+            # evaluation images, frequent checkpoints, a short lease
             "SLT_DEVICE=cpu",
             "SLT_DEMO=1",
             "SLT_SEARCH_FEATURES=random",
@@ -406,6 +406,12 @@ def main() -> int:
                 demo_jobs = [j for j in api.json("GET", "/jobs") if j["domain"].startswith("emoji-")]
                 time.sleep(2)
             check(len(demo_jobs) == 2, "SLT_DEMO=1 queued one search per demo dataset")
+            domains = {d["name"]: d for d in api.json("GET", "/domains")}
+            for name in ("emoji-google", "emoji-twitter"):
+                d = domains.get(name) or {}
+                check(any(h["by"] == "shipped" for h in d.get("history", [])),
+                      f"domain {name} served at once from its shipped mask {str(d.get('mask_id'))[:12]}")
+                (OUT / f"shipped-{name}.png").write_bytes(api.generate(name, seed=3, n=16))
             if args.full_demo:
                 for j in demo_jobs:
                     done = api.wait_job(j["job_id"], 7200, every=15)
