@@ -3,22 +3,37 @@ served base, and one demo search per dataset is queued (on a real redis-server).
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from trainer.generator import BaseSpec
-from trainer.masks import MaskCatalog
+from trainer.data import open_dataset
+from trainer.evaluate import generated_images
+from trainer.generator import BaseSpec, base_sha256, build_base
+from trainer.masks import MaskCatalog, decode_mask
+from trainer.metrics import compute_metrics
+from trainer.metrics.embed import load_eval_embedder
 from trainer.search import config_from, random_mask
+from trainer.ticket import build_ticket
 from worker.app import producer
 from worker.broker import EmbeddedRedis, connect
-from worker.demo import DEMO_DATASETS, queue_demo_jobs, seed_shipped_masks
+from worker.demo import DEMO_DATASETS, SHIPPED, queue_demo_jobs, seed_shipped_masks
 from worker.domains import DomainRegistry, MaskBlobs
 from worker.jobs import JobStore
 from worker.runner import Context
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, parse_base
 
-MAKE_RUN_BASE = "width=0.25"  # what `make run` serves when SLT_BASE is unset (service/launcher.py)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_base() -> str:
+    """What `make run` and compose serve when SLT_BASE is unset (both must agree)."""
+    found = {re.search(r"SLT_BASE-([^}]*)}", (ROOT / f).read_text()).group(1)
+             for f in ("Makefile", "docker-compose.yml")}
+    assert len(found) == 1, found
+    return found.pop()
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +85,33 @@ def test_a_rolled_back_domain_is_not_seeded_again(ctx, tmp_path):
     assert seed_shipped_masks(ctx, shipped) == ["emoji-google"]
     ctx.client.delete("slt:domain:emoji-google")  # as if the domain had been removed
     assert seed_shipped_masks(ctx, shipped) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEMO_DATASETS)
+def test_a_shipped_mask_fits_the_make_run_base_and_beats_a_random_mask(name, request, tmp_home):
+    data = (SHIPPED / f"{name}.safetensors").read_bytes()
+    assert len(data) <= 1_500_000
+    mask = decode_mask(data)
+    spec = parse_base(default_base())
+    assert mask.base_sha256 == base_sha256(build_base(spec))
+    assert mask.meta["domain"] == name
+    recorded = mask.info()["metrics"]
+    assert recorded["kid"] <= 0.35 * recorded["random_mask_kid"], recorded
+
+    # measured again, smaller (256 generated vs 320 real), on the standard FID Inception
+    ds = open_dataset(request.getfixturevalue(f"emoji_{name.split('-')[1]}_dir"))
+    emb = load_eval_embedder("inception", "cpu")
+    assert emb.comparable
+    idx = np.random.default_rng(1).choice(len(ds), 320, replace=False)
+    real = emb((np.stack([ds.load_uint8(int(i)) for i in idx[j:j + 64]]) for j in range(0, 320, 64)),
+               batch_size=50)
+
+    def kid(m) -> float:
+        fake = emb(generated_images(build_ticket(m, "cpu"), 256, 0, "cpu"), batch_size=50)
+        return compute_metrics(fake, real, kid_subset_size=256, kid_subsets=50)["kid"]
+
+    shipped = kid(mask)
+    rand = kid(decode_mask(random_mask(spec, config_from("demo"), ds.dataset_sha256)))
+    assert shipped <= 0.5 * rand, (shipped, rand)
+    assert abs(shipped - recorded["kid"]) < 0.03, (shipped, recorded["kid"])
