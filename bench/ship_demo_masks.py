@@ -20,11 +20,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from trainer.curve import compare, score
 from trainer.data import open_dataset
-from trainer.evaluate import generated_images, real_features
+from trainer.evaluate import real_features
 from trainer.generator import BaseSpec
 from trainer.masks import decode_mask, with_metrics, write_mask_file
-from trainer.metrics import compute_metrics
 from trainer.metrics.embed import load_eval_embedder
 from trainer.search import config_from, random_mask, search
 from trainer.settings import get_settings
@@ -33,12 +33,7 @@ from trainer.ticket import build_ticket, generate, grid
 log = logging.getLogger("ship")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ("emoji-google", "emoji-twitter")
-KEYS = ("kid", "kid_std", "fid", "precision", "recall", "density", "coverage")
-
-
-def kid_fid(fake, real) -> dict:
-    m = compute_metrics(fake, real, kid_subset_size=min(1000, len(fake), len(real)), kid_subsets=100)
-    return {k: float(m[k]) for k in KEYS}
+KID_SUBSETS = 100
 
 
 def main() -> None:
@@ -69,7 +64,7 @@ def main() -> None:
     embedder = load_eval_embedder("inception", a.device)
     # every real image (cached: the same features `trainer curve` uses)
     real = {name: real_features(ds, "all", 10_000, embedder) for name, ds in data.items()}
-    bar_kid = kid_fid(real["emoji-twitter"], real["emoji-google"])["kid"]
+    bar_kid = compare(real["emoji-twitter"], real["emoji-google"], KID_SUBSETS)["kid"]
     log.info("KID between the two vendors' real images: %.4f", bar_kid)
     # what decides the mask (no local paths): enough to search it again
     opts = {"--only": a.only, "--width": a.width, "--preset": a.preset, "--iterations": a.iterations,
@@ -89,12 +84,11 @@ def main() -> None:
             res = search(spec, cfg, ds, domain=name, device=a.device, progress=progress,
                          checkpoint=out.with_suffix(".ckpt"), resume=a.resume)
         mask = decode_mask(res.data)
-        fake = embedder(generated_images(build_ticket(mask, a.device), a.eval_n, 0, a.device), batch_size=50)
         rand = decode_mask(random_mask(spec, cfg, ds.dataset_sha256, name, a.device))
-        fake_r = embedder(generated_images(build_ticket(rand, a.device), a.eval_n, 0, a.device), batch_size=50)
-        m, r = kid_fid(fake, real[name]), kid_fid(fake_r, real[name])
+        m, r = (score(build_ticket(x, a.device), embedder, real[name], a.eval_n, 0, a.device, KID_SUBSETS)
+                for x in (mask, rand))
         metrics = {**m, "random_mask_kid": r["kid"], "random_mask_fid": r["fid"],
-                   "real_other_vendor_kid": kid_fid(real[other], real[name])["kid"],
+                   "real_other_vendor_kid": compare(real[other], real[name], KID_SUBSETS)["kid"],
                    "eval": {"features": embedder.name, "n_generated": a.eval_n,
                             "n_real": int(len(real[name])), "split": "all", "seed": 0},
                    "search_seconds": round(res.seconds, 1), "command": command,

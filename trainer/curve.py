@@ -24,11 +24,16 @@ from trainer.search import Progress, SearchConfig, random_mask, search
 log = logging.getLogger(__name__)
 
 
-def score(g, embedder: EvalEmbedder, real: np.ndarray, n: int, seed: int, device: str) -> dict:
-    """KID and FID of n images of g against the real features (KID is the small-n measure)."""
-    fake = embedder(generated_images(g, n, seed, device), batch_size=50)
-    m = compute_metrics(fake, real, kid_subset_size=min(1000, n, len(real)), kid_subsets=50)
+def compare(fake: np.ndarray, real: np.ndarray, kid_subsets: int = 50) -> dict:
+    """KID, FID and precision/recall/density/coverage of two feature sets [N,D]."""
+    m = compute_metrics(fake, real, kid_subset_size=min(1000, len(fake), len(real)), kid_subsets=kid_subsets)
     return {k: m[k] for k in ("kid", "kid_std", "fid", "precision", "recall", "density", "coverage")}
+
+
+def score(g, embedder: EvalEmbedder, real: np.ndarray, n: int, seed: int, device: str,
+          kid_subsets: int = 50) -> dict:
+    """KID and FID of n images of g against the real features (KID is the small-n measure)."""
+    return compare(embedder(generated_images(g, n, seed, device), batch_size=50), real, kid_subsets)
 
 
 def run_curve(spec: BaseSpec, cfg: SearchConfig, dataset, out_dir: Path, label: str,

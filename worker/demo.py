@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from trainer.generator import base_sha256, build_base
-from trainer.masks import MaskError, decode_mask
+from trainer.masks import ForeignMaskError, MaskError
+from trainer.ticket import cached_base
 from worker.queue import submit_search
 from worker.runner import Context
 
@@ -22,26 +22,22 @@ SHIPPED = Path(__file__).with_name("shipped")  # <dataset>.safetensors, searched
 def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
     """Promote each demo domain's shipped mask when the domain has none yet and the mask is
     for the served base; returns the domains seeded."""
-    served = None
     seeded = []
     for name in DEMO_DATASETS:
         path = shipped / f"{name}.safetensors"
         if not path.is_file() or ctx.domains.active(name) is not None:
             continue
         data = path.read_bytes()
-        try:
-            mask = decode_mask(data)
+        try:  # the catalog verifies the file and its base (content-addressed: adding twice is a no-op)
+            mask_id = ctx.catalog.add(data, base_sha=cached_base(ctx.settings.base_spec)[1])
+        except ForeignMaskError as e:
+            log.info("shipped mask %s is not for the served base (SLT_BASE); not used: %s", path.name, e)
+            continue
         except MaskError as e:
             log.error("shipped mask %s is unreadable (%s); not used", path.name, e)
             continue
-        served = served or base_sha256(build_base(ctx.settings.base_spec))
-        if mask.base_sha256 != served:
-            log.info("shipped mask %s is for base %s, not the served %s (SLT_BASE); not used",
-                     path.name, mask.base_sha256[:12], served[:12])
-            continue
         if not ctx.client.set(f"slt:shipped:{name}", "1", nx=True):
-            continue  # seeded before (and since replaced or rolled back by someone)
-        mask_id = ctx.catalog.add(data, base_sha=served)
+            continue  # seeded before (and since replaced or removed by someone)
         ctx.blobs.put(mask_id, data)
         ctx.domains.promote(name, mask_id, by="shipped")
         log.info("demo: domain %s served from the shipped mask %s", name, mask_id[:12])
