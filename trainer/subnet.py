@@ -28,14 +28,27 @@ def n_keep(n: int, k: float) -> int:
 
 
 def keep_mask(abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
-    """Boolean mask of the `kept` largest entries, by kthvalue (no full sort)."""
-    n = abs_scores.numel()
+    """Boolean mask of exactly `kept` largest entries, by kthvalue (no full sort). Ties at the
+    threshold go to the highest flat index, the order of a stable ascending argsort."""
+    flat = abs_scores.flatten()
+    n = flat.numel()
     if kept >= n:
         return torch.ones_like(abs_scores, dtype=torch.bool)
     if kept <= 0:
         return torch.zeros_like(abs_scores, dtype=torch.bool)
-    thr = abs_scores.flatten().kthvalue(n - kept).values
-    return abs_scores > thr
+    thr = flat.kthvalue(n - kept).values
+    m = flat > thr
+    return _add_ties(m, flat, thr, kept - m.sum()).view_as(abs_scores)
+
+
+def _add_ties(m: torch.Tensor, flat: torch.Tensor, thr: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
+    """m plus the `short` last entries of `flat` equal to thr. float32 scores tie often enough
+    at millions of weights that `> thr` alone keeps a few too few."""
+    if not flat.is_cuda and int(short) <= 0:  # the common case; on CUDA avoid the host sync
+        return m
+    eq = flat == thr
+    from_end = eq.flip(0).cumsum(0).flip(0)  # ties at or after each position
+    return m | (eq & (from_end <= short))
 
 
 class StraightThrough(torch.autograd.Function):
@@ -58,6 +71,7 @@ class MaskedLayer:
     dense: bool = False  # layer-freeze: kept whole, scores not trained
     keep: float = 1.0  # local fraction, set by Pruner
     threshold: torch.Tensor | None = None  # global |s| threshold, set by Pruner
+    tie_quota: dict[str, torch.Tensor] | None = None  # global: ties kept per score tensor
 
     def _setup_scores(self) -> None:
         self.weight_scores = nn.Parameter(torch.zeros_like(self.weight))
@@ -67,13 +81,18 @@ class MaskedLayer:
         """Current (weight, bias) masks as 0/1 floats carrying straight-through gradients."""
         if self.dense:
             return None, None
-        return self._mask(self.weight_scores), (
-            None if self.bias_scores is None else self._mask(self.bias_scores))
+        return self._mask(self.weight_scores, "weight"), (
+            None if self.bias_scores is None else self._mask(self.bias_scores, "bias"))
 
-    def _mask(self, s: torch.Tensor) -> torch.Tensor:
-        a = s.abs()
+    def _mask(self, s: torch.Tensor, which: str) -> torch.Tensor:
+        a = s.abs()  # select on |s|; the straight-through step spans the selection only
         with torch.no_grad():
-            m = (a > self.threshold) if self.threshold is not None else keep_mask(a, n_keep(a.numel(), self.keep))
+            if self.threshold is None:
+                m = keep_mask(a, n_keep(a.numel(), self.keep))
+            else:
+                flat = a.flatten()
+                m = _add_ties(flat > self.threshold, flat, self.threshold,
+                              self.tie_quota[which]).view_as(a)
         return StraightThrough.apply(a, m)
 
     def masked_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -119,7 +138,10 @@ def gradual_keep(step: int, k: float, steps: int) -> float:
 
 
 class Pruner:
-    """Sets every masked layer's selection for the current step, by pruning mode."""
+    """Sets every masked layer's selection for the current step, by pruning mode.
+
+    With layer-freeze (`dense_layers`) the frozen layers keep every weight and the other layers
+    are pruned harder, so the whole network still keeps the fraction k (the paper, Table 4)."""
 
     def __init__(self, model: nn.Module, k: float, mode: str = "local",
                  gradual_steps: int = 0, dense_layers: Iterable[str] = ()):
@@ -138,7 +160,24 @@ class Pruner:
             for s in (layer.weight_scores, layer.bias_scores):
                 if s is not None:
                     s.requires_grad_(mode != "random" and not layer.dense)
+        self.kept_total, self.k_pruned = self._budget()
         self.set_step(0)
+
+    def _budget(self) -> tuple[int, float]:
+        """Weights kept over the whole network, and the fraction the non-dense layers keep."""
+        sizes = [(l.dense, s.numel()) for _, l in self.layers
+                 for s in (l.weight_scores, l.bias_scores) if s is not None]
+        total = sum(n for _, n in sizes)
+        frozen = sum(n for d, n in sizes if d)
+        kept = n_keep(total, self.k)
+        if frozen == 0:
+            return kept, self.k
+        if frozen >= kept:
+            raise ValueError(f"the dense layers alone hold {frozen} of {total} weights, more than "
+                             f"k={self.k} keeps ({kept}); raise k or freeze fewer layers")
+        if frozen == total:
+            return kept, 1.0
+        return kept, (kept - frozen) / (total - frozen)
 
     def scores(self) -> list[nn.Parameter]:
         """The trainable scores (empty for random pruning)."""
@@ -146,22 +185,35 @@ class Pruner:
                 if s is not None and s.requires_grad]
 
     def set_step(self, step: int) -> None:
-        keep = gradual_keep(step, self.k, self.gradual_steps) if self.mode == "gradual" else self.k
+        k = self.k_pruned
+        keep = gradual_keep(step, k, self.gradual_steps) if self.mode == "gradual" else k
         for _, layer in self.layers:
-            layer.keep, layer.threshold = keep, None
+            layer.keep, layer.threshold, layer.tie_quota = keep, None, None
         if self.mode == "global":
             self.update_global_threshold()
 
     @torch.no_grad()
     def update_global_threshold(self) -> None:
-        """One |s| threshold over all non-dense scores, each weight and bias counted once."""
-        pruned = [l for _, l in self.layers if not l.dense]
-        flat = torch.cat([s.detach().abs().flatten() for l in pruned
-                          for s in (l.weight_scores, l.bias_scores) if s is not None])
-        kept = n_keep(flat.numel(), self.k)
-        thr = flat.kthvalue(flat.numel() - kept).values if kept < flat.numel() else flat.min() - 1
-        for l in pruned:
-            l.threshold = thr
+        """One |s| threshold over all non-dense scores, each weight and bias counted once; ties
+        at it go to the last entries of the concatenation, as a stable argsort orders them."""
+        pruned = [(l, which, s) for _, l in self.layers if not l.dense
+                  for which, s in (("weight", l.weight_scores), ("bias", l.bias_scores)) if s is not None]
+        flat = torch.cat([s.detach().abs().flatten() for _, _, s in pruned])
+        frozen = sum(s.numel() for _, l in self.layers if l.dense
+                     for s in (l.weight_scores, l.bias_scores) if s is not None)
+        kept = self.kept_total - frozen
+        if kept >= flat.numel():
+            thr = flat.min() - 1
+        else:
+            thr = flat.kthvalue(flat.numel() - kept).values
+        short = kept - (flat > thr).sum()
+        ties = torch.stack([(s.detach().abs() == thr).sum() for _, _, s in pruned])
+        after = ties.flip(0).cumsum(0).flip(0) - ties  # ties in later tensors
+        quota = (short - after).clamp(min=0).minimum(ties)
+        for l, _, _ in pruned:
+            l.threshold, l.tie_quota = thr, {}
+        for (l, which, _), q in zip(pruned, quota):
+            l.tie_quota[which] = q
 
     @torch.no_grad()
     def binary_masks(self) -> dict[str, torch.Tensor]:

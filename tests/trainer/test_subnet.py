@@ -52,6 +52,32 @@ def test_global_keeps_exactly_k_of_all():
     assert max(per_layer) - min(per_layer) > 0.0  # layers differ: a single global ranking
 
 
+def quantised(seed=0, step=1e-3):
+    """Scores rounded to a coarse grid, so thousands tie at every threshold (as float32 scores
+    do, more rarely, at millions of weights)."""
+    g = masked(seed)
+    with torch.no_grad():
+        for _, l in masked_layers(g):
+            for s in (l.weight_scores, l.bias_scores):
+                if s is not None:
+                    s.copy_((s / step).round() * step)
+    return g
+
+
+@pytest.mark.parametrize("k", [0.1, 0.37])
+def test_ties_keep_exactly_k_like_a_stable_sort(k):
+    g = quantised()
+    scores = all_scores(g)
+    assert len(np.unique(scores["blocks.0.conv1.weight"])) < 200  # the test really has ties
+    local = Pruner(g, k, "local").binary_masks()
+    for name, s in scores.items():
+        np.testing.assert_array_equal(local[name].numpy(), numpy_topk(s, n_keep(s.size, k)), err_msg=name)
+    glob = Pruner(g, k, "global").binary_masks()
+    flat = np.concatenate([s.reshape(-1) for s in scores.values()])
+    got = np.concatenate([glob[n].numpy().reshape(-1) for n in scores])
+    np.testing.assert_array_equal(got, numpy_topk(flat, n_keep(flat.size, k)))
+
+
 def test_gradual_reaches_k_at_configured_step():
     g = masked()
     p = Pruner(g, 0.1, "gradual", gradual_steps=100)
@@ -82,16 +108,27 @@ def test_random_mode_is_fixed_and_untrainable():
     assert not torch.equal(other["blocks.0.conv1.weight"], m1["blocks.0.conv1.weight"])
 
 
-def test_dense_layers_stay_whole():
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_dense_layers_stay_whole_and_the_rest_holds_total_k(mode):
+    """Layer-freeze as in the paper (Table 4): frozen layers keep all their weights, the hidden
+    layers are pruned harder so the network as a whole keeps k."""
     g = masked()
-    p = Pruner(g, 0.1, "local", dense_layers=["output", "input"])
+    p = Pruner(g, 0.1, mode, dense_layers=["output", "blocks.3.conv2"])
     m = p.binary_masks()
-    assert m["output.weight"].all() and m["input.weight"].all()
-    assert m["blocks.0.conv1.weight"].float().mean() == pytest.approx(0.1, abs=1e-3)
+    assert m["output.weight"].all() and m["blocks.3.conv2.weight"].all()
+    total = sum(v.numel() for v in m.values())
+    assert sum(v.sum().item() for v in m.values()) == pytest.approx(n_keep(total, 0.1), abs=40)
+    frozen = sum(m[n].numel() for n in m if n.startswith(("output.", "blocks.3.conv2.")))
+    hidden = (n_keep(total, 0.1) - frozen) / (total - frozen)
+    assert hidden < 0.1
+    if mode == "local":
+        assert m["blocks.0.conv1.weight"].float().mean() == pytest.approx(hidden, abs=1e-3)
     assert all(s.requires_grad for s in p.scores())
     assert not g.output.weight_scores.requires_grad
     with pytest.raises(ValueError, match="names no masked layer"):
         Pruner(masked(), 0.1, "local", dense_layers=["nope"])
+    with pytest.raises(ValueError, match="dense layers alone"):
+        Pruner(masked(), 0.1, "local", dense_layers=["input"])  # the first layer is 56% here
 
 
 def test_k_is_fraction_kept_and_validated():
