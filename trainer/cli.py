@@ -15,6 +15,27 @@ log = logging.getLogger("trainer")
 K_HELP = "fraction of weights KEPT (the paper's k): 0.1 keeps 10%% and prunes 90%%"
 
 
+def _count(text: str) -> int:
+    """argparse type: an image count, 1 to 100,000."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {n}")
+    return n
+
+
+def _device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N."""
+    from trainer.settings import check_device_name
+
+    try:
+        return check_device_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _base_args(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("base (the frozen random generator; never stored, rebuilt from these)")
     b.add_argument("--init", default="signed_constant",
@@ -28,7 +49,8 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="image folder/zip, CelebA, LSUN lmdb or CIFAR-10 folder")
     p.add_argument("--preset", choices=["paper", "fast", "demo"],
-                   help="named settings (default: paper); explicit options below override them")
+                   help="named settings (default: paper, with vgg16-keras features where no VGG19 "
+                        "weights are on this machine); explicit options below override them")
     p.add_argument("--k", type=float, help=K_HELP + " (default 0.1)")
     p.add_argument("--iterations", type=int, help="optimisation steps (paper: 2,000,000)")
     p.add_argument("--batch-size", type=int, help="generated images per step (paper: 64)")
@@ -36,7 +58,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seeds the scores and latents of the search, never the base")
     p.add_argument("--features", choices=["vgg19", "vgg16-keras", "random"],
                    help="perceptual features matched: vgg19 (paper), vgg16-keras (offline), random (tests only)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT + .ckpt)")
     p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
@@ -128,7 +150,7 @@ def _train_cmd(a: argparse.Namespace, kind: str) -> int:
         if kind == "dense":
             res = train_dense(_spec(a), cfg, ds, device=_device(a), **kw)
         else:
-            res = finetune(read_mask_file(a.mask), cfg, ds, device=_device(a), **kw)
+            res = finetune(read_mask_file(a.mask), cfg, ds, device=_device(a), base=base_weights(a), **kw)
     finally:
         bar.close()
     write_mask_file(out, res.data)
@@ -148,7 +170,16 @@ def _load_generator(a: argparse.Namespace, device: str):
     from trainer.ticket import build_ticket
 
     mask = read_mask_file(a.mask)
-    return build_ticket(mask, device), {"mask_id": mask.mask_id}
+    return build_ticket(mask, device, base=base_weights(a)), {"mask_id": mask.mask_id}
+
+
+def base_weights(a: argparse.Namespace):
+    """The trained generator of --base-weights (the base a `search --from-weights` mask prunes)."""
+    if not getattr(a, "base_weights", None):
+        return None
+    from trainer.search import weights_generator
+
+    return weights_generator(Path(a.base_weights))
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -184,7 +215,7 @@ def cmd_curve(a: argparse.Namespace) -> int:
 
     device = _device(a)
     rec = run_curve(_spec(a), _config(a), open_dataset(a.dataset), a.out, a.label,
-                    load_eval_embedder("inception", device), a.eval_every, a.eval_n, device)
+                    load_eval_embedder("inception", device), a.eval_every, a.eval_n, device, a.split)
     print(json.dumps({"label": rec["label"], "random_mask_kid": rec["random_mask"]["kid"],
                       "points": rec["points"]}, indent=1))
     return 0
@@ -225,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="baseline: fine-tune the kept weights of a found ticket")
     f.add_argument("--mask", required=True, help="the ticket's mask file")
     f.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    f.add_argument("--base-weights", type=Path,
+                   help="the trained weights file a `search --from-weights` mask prunes (its base)")
     _search_args(f)
     f.set_defaults(func=lambda a: _train_cmd(a, "finetune"))
 
@@ -232,11 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--mask", help="mask file")
     src.add_argument("--weights", help="dense weights file (train-dense / finetune output)")
-    g.add_argument("--n", type=int, default=16, help="number of images")
+    g.add_argument("--base-weights", type=Path,
+                   help="the trained weights file a `search --from-weights` mask prunes (its base)")
+    g.add_argument("--n", type=_count, default=16, help="number of images (1 to 100,000)")
     g.add_argument("--seed", type=int, default=0, help="image i of a seed is the same whatever --n is")
     g.add_argument("--out", required=True, help="FILE.png for a grid, or DIR/ for one PNG per image")
-    g.add_argument("--nrow", type=int, help="images per grid row")
-    g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    g.add_argument("--nrow", type=_count, help="images per grid row")
+    g.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("evaluate", help="FID, KID, precision/recall, density/coverage as JSON")
@@ -244,14 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--mask", help="mask file")
     src.add_argument("--weights", help="dense weights file")
     src.add_argument("--images", help="a folder of images to score instead of a generator")
+    e.add_argument("--base-weights", type=Path,
+                   help="the trained weights file a `search --from-weights` mask prunes (its base)")
     e.add_argument("--dataset", required=True, help="real images to compare with")
-    e.add_argument("--n", type=int, default=10000, help="images per side (default 10k vs 10k)")
+    e.add_argument("--n", type=_count, default=10000, help="images per side (default 10k vs 10k)")
     e.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
                    help="real side: held-out (report) or train (choose checkpoints)")
     e.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     e.add_argument("--features", choices=["inception", "vgg16-keras"], default="inception",
                    help="embedding: the standard FID Inception (falls back to vgg16-keras, marked)")
-    e.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    e.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
     e.add_argument("--record", action="store_true",
                    help="also record the result beside the mask in the $SLT_HOME/masks catalog")
     e.set_defaults(func=cmd_evaluate)
@@ -259,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("curve", help="time to quality: a search with KID/FID against iterations and seconds")
     c.add_argument("--out", required=True, type=Path, help="study folder (JSON, masks, grids, curves.png)")
     c.add_argument("--label", required=True, help="name of this run in the study")
-    c.add_argument("--eval-every", type=int, default=50, help="evaluate every N iterations")
-    c.add_argument("--eval-n", type=int, default=256, help="generated images per evaluation")
+    c.add_argument("--eval-every", type=_count, default=50, help="evaluate every N iterations")
+    c.add_argument("--eval-n", type=_count, default=256, help="generated images per evaluation")
+    c.add_argument("--split", choices=["all", "heldout", "train"], default="all",
+                   help="real side of KID/FID: all (the study's measure: the whole dataset, as small "
+                        "domains need), or heldout, which the search never saw")
     c.add_argument("--pruning", choices=["local", "global", "gradual"], help="pruning mode")
     c.add_argument("--gradual-steps", type=int, help="gradual pruning reaches k at this step")
     _search_args(c)
@@ -276,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from trainer.features import FeatureWeightsUnavailable
     from trainer.masks import MaskError
     from trainer.search import SearchCancelled
 
-    errors: tuple[type[BaseException], ...] = (MaskError, ValueError, FileNotFoundError, SearchCancelled)
+    errors: tuple[type[BaseException], ...] = (MaskError, ValueError, OSError, SearchCancelled,
+                                                    FeatureWeightsUnavailable)
     try:
         return a.func(a)
     except errors as e:

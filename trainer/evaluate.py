@@ -90,11 +90,12 @@ def _report(fake: np.ndarray, real: np.ndarray, embedder: EvalEmbedder, split: s
 
 
 def evaluate_mask(mask, dataset, n: int = 10_000, split: str = "heldout", seed: int = 0,
-                  device: str = "cpu", embedder: EvalEmbedder | None = None) -> dict:
-    """Metrics of a mask file (MaskFile) on its base."""
+                  device: str = "cpu", embedder: EvalEmbedder | None = None, base=None) -> dict:
+    """Metrics of a mask file (MaskFile) on its base (`base`: trained weights it prunes)."""
     from trainer.ticket import build_ticket
 
-    out = evaluate_generator(build_ticket(mask, device), dataset, n, split, seed, device, embedder)
+    out = evaluate_generator(build_ticket(mask, device, base=base), dataset, n, split, seed, device,
+                             embedder)
     out["mask_id"] = mask.mask_id
     return out
 
@@ -132,9 +133,11 @@ def evaluate_cli(a) -> dict:
         out["weights"] = str(a.weights)
         return out
     from trainer.masks import MaskCatalog, read_mask_file
+    from trainer.search import weights_generator
 
     mask = read_mask_file(a.mask)
-    out = evaluate_mask(mask, dataset, a.n, a.split, a.seed, device, embedder)
+    base = weights_generator(Path(a.base_weights)) if getattr(a, "base_weights", None) else None
+    out = evaluate_mask(mask, dataset, a.n, a.split, a.seed, device, embedder, base)
     catalog = MaskCatalog(get_settings().masks_dir)
     if getattr(a, "record", False) and mask.mask_id in catalog:  # sidecar: the file never changes
         catalog.record_metrics(mask.mask_id, {f"{out['split']}": out})

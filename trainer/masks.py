@@ -137,6 +137,12 @@ def encode_mask(masks: dict[str, torch.Tensor], bn: dict[str, torch.Tensor],
     return _serialise(tensors, m)
 
 
+def _is_dims(v: object) -> bool:
+    """A list of non-negative JSON integers (bool is not one), each below 2**40."""
+    return isinstance(v, list | tuple) and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in v)
+
+
 def decode_mask(data: bytes) -> MaskFile:
     """Parse and verify mask-file bytes; any defect raises MaskError naming it."""
     if len(data) > MAX_FILE_BYTES:
@@ -152,17 +158,25 @@ def decode_mask(data: bytes) -> MaskFile:
         raise MaskError(f"not a mask file: header is not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     if not isinstance(header, dict):
         raise MaskError("not a mask file: header is not a JSON object")
+    if not all(isinstance(t, dict) for k, t in header.items() if k != "__metadata__"):
+        raise MaskError("not a mask file: a tensor entry is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise MaskError("not a mask file: __metadata__ must map names to strings")
+    if meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise MaskError(f"unsupported mask format {got!r}; this build reads {FORMAT!r}")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise MaskError(f"mask metadata lacks {missing}")
     try:
-        shapes = {k: tuple(int(d) for d in v) for k, v in json.loads(meta["shapes"]).items()}
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-        raise MaskError("mask metadata 'shapes' is not a JSON object of shapes") from None
+        shapes = json.loads(meta["shapes"])
+        if not (isinstance(shapes, dict) and all(_is_dims(v) for v in shapes.values())):
+            raise ValueError
+        shapes = {k: tuple(v) for k, v in shapes.items()}
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise MaskError("mask metadata 'shapes' is not a JSON object of shapes "
+                        "(lists of non-negative integers)") from None
     body = memoryview(data)[8 + hlen:]
     packed, bn, end = {}, {}, 0
     for name, t in header.items():
@@ -170,7 +184,9 @@ def decode_mask(data: bytes) -> MaskFile:
             dtype, shape, (a, b) = _DTYPES[t["dtype"]], t["shape"], t["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise MaskError(f"tensor {name!r}: unsupported dtype or malformed entry") from None
-        if not (0 <= a <= b <= len(body)) or (b - a) != math.prod(shape) * np.dtype(dtype).itemsize:
+        if not (_is_dims(shape) and _is_dims([a, b])):
+            raise MaskError(f"tensor {name!r}: shape and data_offsets must be non-negative integers")
+        if not (a <= b <= len(body)) or (b - a) != math.prod(shape) * np.dtype(dtype).itemsize:
             raise MaskError(f"tensor {name!r}: data is truncated or out of bounds")
         arr = np.frombuffer(body[a:b], dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
         end = max(end, b)
@@ -212,11 +228,22 @@ def check_base(mask: MaskFile, base_sha: str) -> None:
 
 
 def check_shapes(mask: MaskFile, model: torch.nn.Module) -> None:
-    """Refuse a mask whose parameter names or shapes do not fit `model`."""
-    params = dict(model.named_parameters())
+    """Refuse a mask that does not cover exactly the base's conv weights and biases, each with
+    its shape, and every BatchNorm's running statistics: a missing layer would run dense."""
+    want = {f"{n}.{p}": tuple(getattr(m, p).shape) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+            for p in ("weight", "bias") if getattr(m, p) is not None}
     for name, shape in mask.shapes.items():
-        if name not in params or tuple(params[name].shape) != shape:
+        if want.get(name) != shape:
             raise MaskError(f"mask parameter {name!r} {shape} does not fit the base")
+    missing = sorted(set(want) - set(mask.shapes))
+    if missing:
+        raise MaskError(f"mask lacks {len(missing)} of the base's parameters: {missing[:3]}")
+    bn = {f"{n}.{b}": (m.num_features,) for n, m in model.named_modules()
+          if isinstance(m, torch.nn.BatchNorm2d) for b in ("running_mean", "running_var")}
+    wrong = sorted(k for k in set(bn) | set(mask.bn) if bn.get(k) != tuple(mask.bn.get(k, np.empty(0)).shape))
+    if wrong:
+        raise MaskError(f"mask BatchNorm statistics do not fit the base: {wrong[:3]}")
 
 
 def write_mask_file(path: str | Path, data: bytes) -> None:
@@ -269,7 +296,10 @@ class MaskCatalog:
         return mask
 
     def bytes(self, mask_id: str) -> bytes:
-        return self.path(mask_id).read_bytes()
+        p = self.path(mask_id)
+        if not p.is_file():
+            raise KeyError(mask_id)
+        return p.read_bytes()
 
     def record_metrics(self, mask_id: str, metrics: dict) -> None:
         """Store evaluation results beside the mask (sidecar), merged with earlier ones."""

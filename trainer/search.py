@@ -50,7 +50,7 @@ class SearchConfig:
     gradual_steps: int = 0  # gradual pruning reaches k here (0: half the run)
     dense_layers: tuple[str, ...] = ()  # layer-freeze: these layers stay dense
     bn_batches: int = 50  # batches for the final BatchNorm statistics
-    amp: bool = False  # bf16 autocast on CUDA for the extractor
+    amp: bool | None = None  # bf16 autocast and channels_last; None: on for CUDA, off on CPU
     preview_every: int = 100
     checkpoint_every_s: float = 60.0
 
@@ -79,6 +79,10 @@ def config_from(preset: str | None = None, **overrides) -> SearchConfig:
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     base = {**PRESETS.get(preset or "paper", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    if preset is None and "features" not in base:  # no preset, no --features: what this machine has
+        from trainer.features import default_features
+
+        base["features"] = default_features()
     if "dense_layers" in base:
         base["dense_layers"] = tuple(base["dense_layers"])
     if "betas" in base:
@@ -169,7 +173,7 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
     after_step(start)
     preview_z = latents(cfg.seed + 1, 0, 16, model.nz).to(device)
     t0, last_ckpt, loss = time.monotonic(), time.monotonic(), float("nan")
-    use_amp = cfg.amp and str(device).startswith("cuda")
+    use_amp = fast_kernels(cfg, device)
     for t in range(start, cfg.iterations):
         if cancel is not None and cancel():
             raise SearchCancelled(f"cancelled at iteration {t}")
@@ -178,10 +182,10 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
             g["lr"] = lr
         z = torch.randn(cfg.batch_size, model.nz, generator=gen).to(device)
         model.train()
-        x = model(z)  # [B,3,64,64]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            x = model(z)  # [B,3,64,64]
             feats = extractor(x)
-        surrogate, loss = objective(feats)
+        surrogate, loss = objective(feats)  # moments in fp32 whatever the autocast
         opt.zero_grad(set_to_none=True)
         surrogate.backward()
         opt.step()
@@ -206,12 +210,20 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
     return losses
 
 
+def fast_kernels(cfg: SearchConfig, device: str) -> bool:
+    """bf16 autocast and channels_last: on CUDA unless `amp=False`; never on CPU, where bf16
+    convolutions are slower than fp32."""
+    return str(device).startswith("cuda") and cfg.amp is not False
+
+
 def _prepare(cfg: SearchConfig, dataset, device: str, cache_dir: Path | None):
     from trainer.features import load_extractor
     from trainer.stats import real_moments
 
     extractor = load_extractor(cfg.features, device)
     real = real_moments(dataset, extractor, batch_size=64, device=device, cache_dir=cache_dir)
+    if fast_kernels(cfg, device):
+        extractor = extractor.to(memory_format=torch.channels_last)
     objective = MomentMatching(real, ama=cfg.ama, ama_lr=cfg.ama_lr, layer_norm=cfg.layer_norm).to(device)
     return extractor, objective
 
@@ -227,13 +239,13 @@ def _mask_meta(spec: BaseSpec, sha: str, cfg: SearchConfig, domain: str, dataset
 
 def _finish_mask(g: Generator, pruner: Pruner, spec: BaseSpec, sha: str, cfg: SearchConfig,
                  domain: str, dataset_sha: str, features: str, iterations: int,
-                 metrics: dict, device: str) -> bytes:
+                 metrics: dict, device: str, extra: dict | None = None) -> bytes:
     """Final masks, BN statistics recomputed over many batches for the final mask, file bytes."""
     pruner.set_step(cfg.iterations)
     masks = pruner.binary_masks()
     bn = recalibrate_bn(g, spec.nz, batches=cfg.bn_batches, seed=cfg.seed + 2, device=device)
-    return encode_mask(masks, bn, _mask_meta(spec, sha, cfg, domain, dataset_sha, features,
-                                             iterations, metrics))
+    return encode_mask(masks, bn, {**_mask_meta(spec, sha, cfg, domain, dataset_sha, features,
+                                                iterations, metrics), **(extra or {})})
 
 
 def random_mask(spec: BaseSpec, cfg: SearchConfig, dataset_sha: str, domain: str = "",
@@ -242,6 +254,8 @@ def random_mask(spec: BaseSpec, cfg: SearchConfig, dataset_sha: str, domain: str
     g = build_base(spec, device, **MASKED_LAYERS)
     sha = base_sha256(g)
     init_scores(g, cfg.seed)
+    if fast_kernels(cfg, device):
+        g = g.to(memory_format=torch.channels_last)
     pruner = Pruner(g, cfg.k, "random", dense_layers=cfg.dense_layers)
     cfg = replace(cfg, pruning="random")
     return _finish_mask(g, pruner, spec, sha, cfg, domain, dataset_sha, "none", 0, {}, device)
@@ -268,9 +282,11 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
         for p in g.parameters():
             p.requires_grad_(False)
         g = g.to(device)
-        spec = replace(spec_w, init="xavier_uniform")
+        spec = spec_w  # the mask's base is this weights file: `build_ticket(..., base=...)`
     sha = base_sha256(g)
     init_scores(g, cfg.seed)
+    if fast_kernels(cfg, device):
+        g = g.to(memory_format=torch.channels_last)
     pruner = Pruner(g, cfg.k, cfg.pruning, gradual_steps=cfg.gradual_steps or cfg.iterations // 2,
                     dense_layers=cfg.dense_layers)
     def snapshot() -> nn.Module:
@@ -283,8 +299,9 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
                    progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep,
                    snapshot=snapshot)
     final = losses[-1][1] if losses else float("nan")
+    extra = {} if from_weights is None else {"base_source": "weights"}
     data = _finish_mask(g, pruner, spec, sha, cfg, domain, dataset.dataset_sha256,
-                        extractor.name, cfg.iterations, {"final_loss": final}, device)
+                        extractor.name, cfg.iterations, {"final_loss": final}, device, extra)
     return SearchResult(data, final, time.monotonic() - t0, losses)
 
 
@@ -356,12 +373,14 @@ def train_dense(spec: BaseSpec, cfg: SearchConfig, dataset, device: str = "cpu",
     return _train_weights(g, spec, cfg, dataset, "dense", device, None, extra={}, **_kw(kw))
 
 
-def finetune(mask: MaskFile, cfg: SearchConfig, dataset, device: str = "cpu", **kw) -> SearchResult:
-    """Fine-tune the kept weights of a found ticket with the same loss (pruned ones stay zero)."""
+def finetune(mask: MaskFile, cfg: SearchConfig, dataset, device: str = "cpu",
+             base: Generator | None = None, **kw) -> SearchResult:
+    """Fine-tune the kept weights of a found ticket with the same loss (pruned ones stay zero).
+    `base`: the trained weights a `--from-weights` mask prunes."""
     from trainer.ticket import spec_of
 
     spec = spec_of(mask)
-    g = build_ticket(mask, device)
+    g = build_ticket(mask, device, base=base)
     return _train_weights(g, spec, cfg, dataset, "finetuned", device, mask.masks(),
                           extra={"mask_id": mask.mask_id}, **_kw(kw))
 

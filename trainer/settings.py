@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,10 +47,21 @@ def get_settings() -> TrainerSettings:
     return TrainerSettings.from_env()
 
 
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str) -> str:
+    """`name` if it is auto, cpu, cuda or cuda:N, else a ValueError that says so."""
+    if not DEVICE_NAME.match(name or ""):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return name
+
+
 def resolve_device(name: str = "auto") -> str:
     """Map `auto` to `cuda` when a GPU is present, else `cpu`."""
     import torch
 
+    check_device_name(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -10,7 +10,7 @@ import torch.nn as nn
 from PIL import Image
 
 from trainer.generator import BaseSpec, Generator, base_sha256, build_base, latents
-from trainer.masks import MaskFile, check_base, check_shapes
+from trainer.masks import MaskError, MaskFile, check_base, check_shapes
 
 
 def spec_of(mask: MaskFile) -> BaseSpec:
@@ -53,10 +53,18 @@ def recalibrate_bn(model: nn.Module, nz: int, batches: int = 50, batch_size: int
 
 
 def build_ticket(mask: MaskFile, device: str | torch.device = "cpu",
-                 spec: BaseSpec | None = None) -> Generator:
-    """A plain generator whose weights are base x mask, BN from the mask's statistics, eval mode."""
+                 spec: BaseSpec | None = None, base: Generator | None = None) -> Generator:
+    """A plain generator whose weights are base x mask, BN from the mask's statistics, eval mode.
+    `base` replaces the rebuilt random base for a mask that prunes trained weights."""
     spec = spec or spec_of(mask)
-    base, sha = cached_base(spec)
+    if base is None:
+        if mask.meta.get("base_source") == "weights":
+            raise MaskError("this mask prunes a trained weights file (base "
+                            f"{mask.base_sha256[:12]}…), not a random base: pass that file "
+                            "with --base-weights")
+        base, sha = cached_base(spec)
+    else:
+        sha = base_sha256(base)
     check_base(mask, sha)
     check_shapes(mask, base)
     g = Generator(spec.nz, spec.width)

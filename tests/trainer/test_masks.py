@@ -79,7 +79,27 @@ def _tamper_meta(data: bytes, **changes) -> bytes:
     return struct.pack("<Q", len(h)) + h + data[8 + hlen:]
 
 
+def _tamper_tensor(data: bytes, name: str, **changes) -> bytes:
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + hlen])
+    header[name].update(changes)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + data[8 + hlen:]
+
+
+W = "blocks.0.conv1.weight"
+
+
 @pytest.mark.parametrize("mutate,message", [
+    (lambda d: _tamper_tensor(d, W, shape=[-2, -2]), "non-negative integers"),
+    (lambda d: _tamper_tensor(d, W, shape="ab"), "non-negative integers"),
+    (lambda d: _tamper_tensor(d, W, shape=[4.0]), "non-negative integers"),
+    (lambda d: _tamper_tensor(d, W, data_offsets=["0", "8"]), "non-negative integers"),
+    (lambda d: _tamper_tensor(d, W, data_offsets=[0]), "malformed"),
+    (lambda d: _tamper_meta(d, shapes='{"blocks.0.conv1.weight": "ab"}'), "shapes"),
+    (lambda d: _tamper_meta(d, shapes='[1, 2]'), "shapes"),
+    (lambda d: _tamper_meta(d, k=3), "strings"),
     (lambda d: d[:100], "out of bounds|truncated"),
     (lambda d: d[:-5], "truncated|out of bounds"),
     (lambda d: d + b"xx", "trailing"),
@@ -91,6 +111,25 @@ def _tamper_meta(data: bytes, **changes) -> bytes:
 def test_corrupt_files_are_refused_with_a_reason(small_mask, mutate, message):
     with pytest.raises(MaskError, match=message):
         decode_mask(mutate(small_mask))
+
+
+def _drop(data: bytes, name: str) -> bytes:
+    """The mask re-encoded without tensor `name` (a well-formed but incomplete file)."""
+    mf = decode_mask(data)
+    masks = {k: v for k, v in mf.masks().items() if k != name}
+    bn = {k: v for k, v in mf.bn_stats().items() if k != name}
+    return encode_mask(masks, bn, {k: v for k, v in mf.meta.items() if k != "shapes"})
+
+
+@pytest.mark.parametrize("name,message", [
+    ("blocks.1.conv2.weight", "lacks 1 of the base's parameters"),
+    ("output.bias", "lacks 1 of the base's parameters"),
+    ("blocks.0.bn1.running_var", "BatchNorm statistics do not fit"),
+])
+def test_incomplete_masks_are_refused(small_mask, name, message):
+    """A layer missing from the file would silently run dense: refuse it."""
+    with pytest.raises(MaskError, match=message):
+        build_ticket(decode_mask(_drop(small_mask, name)))
 
 
 def test_foreign_base_is_refused(small_mask):

@@ -120,10 +120,13 @@ def test_loss_falls_on_real_images(emoji64, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pruning", ["local", "global"])
-def test_resume_equals_uninterrupted(emoji64, cache, tmp_path, pruning):
+@pytest.mark.parametrize("pruning,extra", [
+    ("local", {}), ("global", {}),
+    ("gradual", dict(ama=True, gradual_steps=4)),  # AMA state and the pruning schedule resume too
+])
+def test_resume_equals_uninterrupted(emoji64, cache, tmp_path, pruning, extra):
     ds = open_dataset(emoji64, cache_dir=cache)
-    cfg = quick(pruning=pruning, iterations=5)
+    cfg = quick(pruning=pruning, iterations=5, **extra)
     full = search(SPEC, cfg, ds, cache_dir=cache, checkpoint=tmp_path / "a.ckpt")
     ckpt = tmp_path / "b.ckpt"
     seen = []
@@ -136,6 +139,8 @@ def test_resume_equals_uninterrupted(emoji64, cache, tmp_path, pruning):
     a, b = decode_mask(full.data), decode_mask(resumed.data)
     assert {k: v.tobytes() for k, v in a.packed.items()} == {k: v.tobytes() for k, v in b.packed.items()}
     assert {k: v.tobytes() for k, v in a.bn.items()} == {k: v.tobytes() for k, v in b.bn.items()}
+    strip = lambda m: {k: v for k, v in m.meta.items() if k != "created"}  # noqa: E731
+    assert strip(a) == strip(b)
     # a checkpoint made with other settings is refused, not silently mixed
     with pytest.raises(ValueError, match="other settings"):
         search(SPEC, quick(pruning=pruning, iterations=5, lr=1e-3), ds, cache_dir=cache,
@@ -175,10 +180,26 @@ def test_cli_baselines_end_to_end(emoji64, tmp_path):
     r = _cli(home, "search", "--from-weights", str(tmp_path / "dense.safetensors"), "--dataset",
              str(emoji64), "--out", str(tmp_path / "pruned.safetensors"), "--iterations", "2", *small)
     assert r.returncode == 0, r.stderr
+    # the pruned trained model is a ticket on the trained weights: usable with them, and only them
+    r = _cli(home, "generate", "--mask", str(tmp_path / "pruned.safetensors"), "--n", "4",
+             "--out", str(tmp_path / "pruned.png"))
+    assert r.returncode == 2 and "--base-weights" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(home, "generate", "--mask", str(tmp_path / "pruned.safetensors"), "--base-weights",
+             str(tmp_path / "dense.safetensors"), "--n", "4", "--out", str(tmp_path / "pruned.png"))
+    assert r.returncode == 0, r.stderr
+    from trainer.search import read_weights, weights_generator
+    from trainer.ticket import build_ticket, generate
+    pruned = decode_mask((tmp_path / "pruned.safetensors").read_bytes())
+    dense = weights_generator(tmp_path / "dense.safetensors")
+    ticket = build_ticket(pruned, base=dense)
+    _, trained = read_weights(tmp_path / "dense.safetensors")
+    for name, m in pruned.masks().items():  # the ticket is the trained weights times the mask
+        torch.testing.assert_close(dict(ticket.named_parameters())[name], trained[name] * m)
+    grid = np.asarray(Image.open(tmp_path / "pruned.png"))
+    np.testing.assert_array_equal(grid[2:66, 2:66], generate(ticket, 0, 1)[0])
     r = _cli(home, "finetune", "--mask", str(tmp_path / "rand.safetensors"), "--dataset", str(emoji64),
              "--out", str(tmp_path / "ft.safetensors"), "--iterations", "2", *small)
     assert r.returncode == 0, r.stderr
-    from trainer.search import read_weights
     _, ft = read_weights(tmp_path / "ft.safetensors")
     m = decode_mask((tmp_path / "rand.safetensors").read_bytes()).masks()
     for name, mask in m.items():  # fine-tuning never revives a pruned weight
@@ -216,4 +237,9 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "not a mask file" in r.stderr and "Traceback" not in r.stderr
     r = _cli(tmp_path, "search", "--k", "1.5", "--pruning", "random", "--dataset", str(tmp_path),
              "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "KEPT" in r.stderr and "Traceback" not in r.stderr
+    for bad, message in ((["--n", "0"], "between 1 and"), (["--n", "-3"], "between 1 and"),
+                         (["--device", "bogus"], "auto, cpu, cuda")):
+        r = _cli(tmp_path, "generate", "--mask", str(tmp_path / "bad.safetensors"), "--out",
+                 str(tmp_path / "g.png"), *bad)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
