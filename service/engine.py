@@ -152,6 +152,30 @@ class WeightCache:
             return len(self._entries)
 
 
+def decode_untrusted(data: bytes) -> MaskFile:
+    """decode_mask for bytes from outside (an upload, a Redis blob): whatever a malformed file
+    makes the parser raise becomes a MaskError naming the defect, never an unhandled error."""
+    try:
+        return decode_mask(data)
+    except MaskError:
+        raise
+    except Exception as e:  # a header the parser did not foresee (odd shapes, offsets, types)
+        raise MaskError(f"malformed safetensors header or tensor entry "
+                        f"({type(e).__name__}: {e})") from None
+
+
+def evaluation_by_split(sidecar: dict) -> dict[str, dict]:
+    """A mask's evaluation sidecar as `{split: metrics}`, the format `python -m trainer evaluate
+    --record` and the worker write (`{"heldout": {"fid": ..., "kid": ..., "n": ...}}`). A flat
+    dict of metrics (older workers wrote one) is shown under its own `split`, else `heldout`."""
+    out = {str(k): v for k, v in sidecar.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in sidecar.items() if not isinstance(v, dict)}
+    if flat:
+        split = flat.get("split") if isinstance(flat.get("split"), str) else "heldout"
+        out.setdefault(split, flat)
+    return out
+
+
 def weight_bytes(weights: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in weights.values())
 
@@ -287,15 +311,22 @@ class Engine:
 
     def verify(self, mask: MaskFile) -> None:
         """Raise ForeignMaskError or MaskError unless `mask` fits the served base exactly."""
-        check_base(mask, self.base_sha)
-        check_shapes(mask, self.base)
-        want = {k for k in self._buffers if k.endswith(("running_mean", "running_var"))}
-        if set(mask.bn) != want:
-            raise MaskError(f"mask BatchNorm statistics do not match the base: "
-                            f"{sorted(set(mask.bn) ^ want)[:4]}")
-        for k, v in mask.bn.items():
-            if tuple(v.shape) != tuple(self._buffers[k].shape):
-                raise MaskError(f"BatchNorm statistic {k!r} {tuple(v.shape)} does not fit the base")
+        try:
+            if not isinstance(mask.meta.get("base_sha256"), str):
+                raise MaskError("mask metadata 'base_sha256' is not a string")
+            check_base(mask, self.base_sha)
+            check_shapes(mask, self.base)
+            want = {k for k in self._buffers if k.endswith(("running_mean", "running_var"))}
+            if set(mask.bn) != want:
+                raise MaskError(f"mask BatchNorm statistics do not match the base: "
+                                f"{sorted(set(mask.bn) ^ want)[:4]}")
+            for k, v in mask.bn.items():
+                if tuple(v.shape) != tuple(self._buffers[k].shape):
+                    raise MaskError(f"BatchNorm statistic {k!r} {tuple(v.shape)} does not fit the base")
+        except MaskError:
+            raise
+        except Exception as e:  # odd metadata types in a file from outside
+            raise MaskError(f"mask metadata is malformed ({type(e).__name__}: {e})") from None
 
     def _remember(self, mask: MaskFile) -> MaskFile:
         with self._lock:
@@ -315,12 +346,12 @@ class Engine:
                 if mask_id in self._masks:
                     return self._masks[mask_id]
             try:
-                mask = self.state.catalog.read(mask_id)
+                mask = self.read_catalog(mask_id)
             except KeyError:
                 data = self.state.blobs.get(mask_id)
                 if data is None:
                     raise UnknownMask(mask_id) from None
-                mask = decode_mask(data)
+                mask = decode_untrusted(data)
                 self.verify(mask)
                 self.state.catalog.add(data)
                 log.info("mask %s fetched from Redis into the catalog", mask_id[:12])
@@ -328,28 +359,44 @@ class Engine:
                 self.verify(mask)
             return self._remember(mask)
 
+    def read_catalog(self, mask_id: str) -> MaskFile:
+        """The catalog's file for `mask_id` (KeyError if none); a malformed file is a MaskError."""
+        try:
+            return self.state.catalog.read(mask_id)
+        except (KeyError, MaskError, OSError):
+            raise
+        except Exception as e:  # a damaged file the parser did not foresee
+            raise MaskError(f"catalog file of {mask_id[:12]} is malformed ({type(e).__name__}: {e})") from None
+
     def import_mask(self, data: bytes) -> tuple[MaskFile, bool]:
         """Verify uploaded mask bytes, store them in the catalog and as a Redis blob; also
-        says whether the catalog had it already. Blocking."""
-        mask = decode_mask(data)
+        says whether the catalog had it already. Any defect of the file is a MaskError
+        (ForeignMaskError for another base). Blocking."""
+        mask = decode_untrusted(data)
         self.verify(mask)
+        try:
+            info = mask.info()  # what GET /masks will show: readable before it is accepted
+        except Exception as e:
+            raise MaskError(f"mask metadata cannot be read ({type(e).__name__}: {e})") from None
         existed = mask.mask_id in self.state.catalog
         self.state.catalog.add(data, self.base_sha)
         self.state.blobs.put(mask.mask_id, data)
+        with self._lock:
+            self._info.setdefault(mask.mask_id, info)
         return self._remember(mask), existed
 
     def mask_info(self, mask_id: str) -> dict:
         """Metadata of a catalog mask (cached: the file never changes), plus its evaluation
-        sidecar, whether this service can serve it and which domains use it."""
+        (`{split: metrics}`), whether this service can serve it and which domains use it."""
         with self._lock:
             info = self._info.get(mask_id)
         if info is None:
-            mask = self._masks.get(mask_id) or self.state.catalog.read(mask_id)
+            mask = self._masks.get(mask_id) or self.read_catalog(mask_id)
             info = mask.info()
             with self._lock:
                 self._info[mask_id] = info
         out = dict(info)
-        evaluation = self.state.catalog.metrics(mask_id)
+        evaluation = evaluation_by_split(self.state.catalog.metrics(mask_id))
         if evaluation:
             out["evaluation"] = evaluation
         out["served"] = out.get("base_sha256") == self.base_sha and mask_id in self._masks

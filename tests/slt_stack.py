@@ -140,6 +140,23 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def mask(self, mask_id: str) -> dict:
+        with self.client(admin=False) as c:
+            r = c.get(f"/masks/{mask_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_evaluation(self, mask_id: str, timeout: float = 180) -> dict:
+        """Poll GET /masks/{id} until the worker's evaluation of the mask shows there."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.mask(mask_id)
+            if info.get("evaluation"):
+                return info
+            time.sleep(0.25)
+        logs = "\n".join(f"--- {n}\n{self.log(n)[-4000:]}" for n in self.names.values())
+        raise AssertionError(f"mask {mask_id} not evaluated in {timeout}s: {self.mask(mask_id)}\n{logs}")
+
     def wait_job(self, job_id: str, until=lambda j: j["status"] in TERMINAL, timeout: float = 180,
                  seen: list | None = None) -> dict:
         """Poll GET /jobs/{id} until `until(job)`; every distinct record goes into `seen`."""

@@ -1,10 +1,22 @@
 """The Celery app (`celery -A worker.app worker`): broker and result backend on Redis.
 
-Configured for tasks that run for hours: a message is acknowledged only after its task
-returns (late acks), put back if the worker process is lost, one message reserved at a time,
-and a visibility timeout far longer than any job, so Redis never hands a running search to a
-second worker by itself. A worker that really died is noticed sooner, by its job's lease
-(worker.jobs), and its job is sent again by the watchdog (worker.watchdog).
+Configured for tasks that run for hours or days: a message is acknowledged only after its
+task returns (late acks), one message is reserved at a time (prefetch 1), and each worker
+process runs one task (solo pool).
+
+Redis redelivers a message that stays unacknowledged past the visibility timeout (12 h), and
+a search may run far longer (SLT_JOB_TIME_LIMIT_S, 7 days by default), so a long search's
+message is handed out again while it still runs. That is harmless: a delivery first takes
+the job's lease (worker.jobs), and a redelivered task for a job whose lease is alive, or
+which has already ended, does nothing and is acknowledged.
+
+Recovery from a worker killed outright (kill -9, a lost host) does not come from Redis or
+from `task_reject_on_worker_lost`: under the solo pool the task runs in the worker process
+itself, so there is no child whose loss Celery could notice, and the unacknowledged message
+would only come back after the visibility timeout. It comes from the watchdog
+(worker.watchdog) of any live worker: once the dead worker's lease runs out (SLT_LEASE_S,
+60 s) the job goes back to `queued` and its message is sent again, to resume from the last
+checkpoint. `task_reject_on_worker_lost` stays set for a worker run with a forking pool.
 """
 from __future__ import annotations
 
@@ -15,6 +27,8 @@ from celery import Celery
 from worker.settings import WorkerSettings, get_settings
 
 QUEUE = "slt"
+# an unacknowledged message comes back after this long; shorter than a long search, which
+# the lease makes harmless (see above), and long enough that it rarely happens
 VISIBILITY_TIMEOUT_S = 12 * 3600
 # Redis serves priority 0 first: a search resumed after a crash or a stop goes before new
 # searches, and evaluations and statistics wait behind both

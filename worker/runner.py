@@ -301,8 +301,10 @@ def dataset_stats(ctx: Context, dataset: str, features: str) -> dict:
 
 
 def evaluate(ctx: Context, mask_id: str, dataset: str) -> dict | None:
-    """Metrics of a finished mask, recorded beside it in the catalog. Optional: without
-    `trainer.evaluate`, or when it fails, the mask simply has no metrics."""
+    """Metrics of a finished mask on the dataset's held-out split, recorded beside it in the
+    catalog as `{"heldout": {...}}` (the sidecar format of `python -m trainer evaluate
+    --record`). Optional: without `trainer.evaluate`, or when it fails, the mask simply has
+    no metrics."""
     try:
         from trainer.evaluate import evaluate_mask
     except ImportError:
@@ -314,6 +316,7 @@ def evaluate(ctx: Context, mask_id: str, dataset: str) -> dict | None:
     except Exception as e:  # evaluation is extra information, never a reason to fail a job
         log.warning("evaluation of mask %s failed: %s; no metrics recorded", mask_id[:12], e)
         return None
-    ctx.catalog.record_metrics(mask_id, metrics)
-    log.info("mask %s evaluated: %s", mask_id[:12], metrics)
+    # keyed by split, as `python -m trainer evaluate --record` writes it (one sidecar format)
+    ctx.catalog.record_metrics(mask_id, {metrics["split"]: metrics})
+    log.info("mask %s evaluated on %s: %s", mask_id[:12], metrics["split"], metrics)
     return metrics

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
@@ -59,7 +59,11 @@ class MaskInfo(BaseModel):
     iterations: Any = None
     created: str | None = None
     metrics: Any = None
-    evaluation: dict[str, Any] | None = None
+    evaluation: dict[str, dict[str, Any]] | None = Field(None, description=(
+        'metrics by split, e.g. {"heldout": {"fid": 41.2, "kid": 0.031, "precision": 0.6, '
+        '"recall": 0.4, "density": 0.8, "coverage": 0.5, "features": "inception-fid", "n": 2000, '
+        '"split": "heldout", ...}}; written after a job (SLT_EVAL_N images) or by '
+        '`python -m trainer evaluate --record`'))
     weights: int | None = None
     kept: int | None = None
     kept_fraction: float | None = None
@@ -82,10 +86,13 @@ def finite(obj: Any) -> Any:
 
 
 def _info(engine: Engine, mask_id: str) -> dict:
+    """A mask's info; an unreadable catalog file is reported in `error`, never a 500."""
     try:
         return finite(engine.mask_info(mask_id))
     except (MaskError, OSError, KeyError, ValueError) as e:
         return {"mask_id": mask_id, "error": str(e)}
+    except Exception as e:  # a damaged file or sidecar the readers did not foresee
+        return {"mask_id": mask_id, "error": f"{type(e).__name__}: {e}"}
 
 
 def _list(engine: Engine) -> list[dict]:
@@ -132,7 +139,7 @@ async def get_mask_file(mask_id: str = MaskId, engine: Engine = Depends(get_engi
     await asyncio.to_thread(_fetch, engine, mask_id)
     try:
         data = await asyncio.to_thread(engine.state.catalog.bytes, mask_id)
-    except OSError:
+    except (OSError, KeyError):  # removed from the catalog meanwhile
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no mask {mask_id}") from None
     return Response(data, media_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="{mask_id}.safetensors"',

@@ -375,9 +375,17 @@ function renderDomains(domains) {
 // ---------- masks ----------
 
 function metricsText(m) {
-  const src = Object.assign({}, m.metrics || {}, m.evaluation || {});
+  // evaluation is keyed by split ({"heldout": {...}}); held-out numbers are the ones to report
+  const ev = m.evaluation || {};
+  const split = "heldout" in ev ? "heldout" : Object.keys(ev)[0];
+  const src = Object.assign({}, m.metrics || {}, split ? ev[split] : {});
   const keys = ["fid", "kid", "precision", "recall", "density", "coverage", "loss"];
   const parts = keys.filter((k) => typeof src[k] === "number").map((k) => `${k} ${fmtNum(src[k], 3)}`);
+  if (split && parts.length) {
+    const e = ev[split];
+    parts.push(`(${split}${typeof e.n === "number" ? ", n " + e.n : ""}` +
+               `${e.features ? ", " + e.features : ""})`);
+  }
   return parts.join(" · ") || "—";
 }
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import random
 import re
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from live_server import (
     reference,
     reference_grid,
     settings_for,
+    wait_ready,
 )
 from PIL import Image
 
@@ -255,6 +258,58 @@ def test_unknown_domain_is_404(client, masks):
     assert "unknown domain" in assert_error(client.get("/generate", params={"domain": "nope"}), 404)["detail"]
 
 
+def test_domain_on_a_foreign_base_is_409_and_a_missing_mask_is_503(client, masks, redis_url):
+    # a worker serving another base (or a replica of an older one) promoted its own mask: the
+    # registry accepts it, this replica cannot serve it
+    foreign = make_mask(0.5, 4, "foreign", base="width=0.0625,seed=1")
+    r = connect(redis_url)
+    MaskBlobs(r).put(mask_id(foreign), foreign)
+    DomainRegistry(r).promote("foreign", mask_id(foreign), by="job:elsewhere")
+    body = assert_error(client.get("/generate", params={"domain": "foreign", "seed": 1}), 409)
+    assert "another base" in body["detail"] and "'foreign'" in body["detail"]
+    # a domain whose active mask is neither in this host's catalog nor in Redis (its blob lost)
+    ghost = "e" * 64
+    DomainRegistry(r).promote("ghost", ghost, by="job:elsewhere")
+    resp = client.get("/generate", params={"domain": "ghost", "seed": 1})
+    body = assert_error(resp, 503)
+    assert ghost in body["detail"] and "neither" in body["detail"] and resp.headers["retry-after"] == "1"
+    assert client.get("/generate", params={"domain": "alpha", "seed": 1}).status_code == 200
+
+
+def test_readyz_is_503_until_a_first_generation_and_while_redis_is_down(tmp_path):
+    """A real server observed as it starts: its readiness probe generates 2 images, and a
+    batch window longer than that (SLT_BATCH_WINDOW_MS, 2 < max_batch) keeps that first
+    generation waiting for 4 s after the server answers, so /readyz is seen false honestly."""
+    (tmp_path / "home").mkdir()
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        srv = LiveServer(settings_for(tmp_path / "home", redis_server.url, batch_window_ms=4000))
+        srv.thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # up: the lifespan (base built, catalog read) is done
+                assert time.monotonic() < deadline and srv.thread.is_alive()
+                try:
+                    if httpx.get(f"{srv.url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.02)
+            r = httpx.get(f"{srv.url}/readyz", timeout=5)
+            body = assert_error(r, 503)
+            assert body["detail"] == "not ready: no generation has succeeded yet"
+            assert r.headers["retry-after"] == "1" and not srv.engine.generated_ok
+            wait_ready(srv.url, 60)  # then the first generation completes
+            assert srv.engine.generated_ok and httpx.get(f"{srv.url}/readyz").json()["ready"] is True
+
+            redis_server.stop()  # Redis goes away: not ready, and no domain can be resolved
+            body = assert_error(httpx.get(f"{srv.url}/readyz", timeout=10), 503)
+            assert body["detail"] == "not ready: Redis is unreachable"
+            r = httpx.get(f"{srv.url}/generate", params={"domain": "never-seen"}, timeout=30)
+            body = assert_error(r, 503)
+            assert "Redis" in body["detail"] and r.headers["retry-after"] == "1"
+        finally:
+            srv.stop()
+
+
 def test_saturated_queue_is_429_with_retry_after(tmp_path, redis_url, masks):
     with LiveServer(settings_for(tmp_path, redis_url, queue_limit=4)) as srv, srv.client() as c:
         srv.engine.load_mask(mask_id(masks["alpha"]))
@@ -321,12 +376,47 @@ def test_import_verifies_the_file(admin, masks):
     assert r.status_code == 200 and r.json()["mask_id"] == mask_id(good)  # already known
 
 
+def with_tensor_entry(data: bytes, **changes) -> bytes:
+    """The mask file with one tensor's header entry changed (and placed first, so the
+    reader meets it first); the tensor data is left as it is."""
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + hlen])
+    meta = header.pop("__metadata__")
+    name = next(k for k, v in header.items() if v["dtype"] == "U8")
+    entry = {**header.pop(name), **changes}
+    h = json.dumps({"__metadata__": meta, name: entry, **header}).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + data[8 + hlen:]
+
+
+@pytest.mark.parametrize("changes", [
+    {"shape": [-2, -2], "data_offsets": [0, 4]},  # -2 x -2 = 4 bytes: the sizes agree
+    {"shape": "ab"},
+])
+def test_import_refuses_malformed_tensor_headers(admin, masks, changes):
+    bad = with_tensor_entry(masks["alpha"], **changes)
+    r = admin.post("/masks/import", files={"file": ("bad.safetensors", bad)})
+    detail = assert_error(r, 422)["detail"]
+    assert detail.startswith("not a usable mask file"), detail
+    assert "shape" in detail.lower(), detail  # names the problem
+    assert mask_id(bad) not in {m["mask_id"] for m in admin.get("/masks").json()}
+
+
 def test_mask_routes(server, client, masks):
     a = mask_id(masks["alpha"])
-    # an evaluation sidecar, as the worker writes one (NaN included: JSON has no NaN, so null)
-    MaskCatalog(server.settings.masks_dir).record_metrics(a, {"fid": 123.5, "kid": float("nan")})
+    catalog = MaskCatalog(server.settings.masks_dir)
+    # an evaluation sidecar keyed by split, as the worker and `trainer evaluate --record` write
+    # it (NaN included: JSON has no NaN, so null)
+    catalog.record_metrics(a, {"heldout": {"fid": 123.5, "kid": float("nan"), "n": 16, "split": "heldout"}})
     listed = {m["mask_id"]: m for m in client.get("/masks").json()}
-    assert listed[a]["evaluation"] == {"fid": 123.5, "kid": None}
+    assert listed[a]["evaluation"] == {"heldout": {"fid": 123.5, "kid": None, "n": 16, "split": "heldout"}}
+    assert client.get(f"/masks/{a}").json()["evaluation"] == listed[a]["evaluation"]
+    # a flat sidecar, as older workers wrote it, is shown under its own split (else heldout)
+    b, c = mask_id(masks["beta"]), mask_id(masks["gamma"])
+    catalog.record_metrics(b, {"fid": 99.0, "n": 8, "split": "train"})
+    catalog.record_metrics(c, {"fid": 98.0, "kid": 0.25})
+    assert client.get(f"/masks/{b}").json()["evaluation"] == {"train": {"fid": 99.0, "n": 8, "split": "train"}}
+    assert client.get(f"/masks/{c}").json()["evaluation"] == {"heldout": {"fid": 98.0, "kid": 0.25}}
     assert listed[a]["served"] and listed[a]["k"] == 0.5 and listed[a]["base_sha256"]
     assert 0.45 < listed[a]["kept_fraction"] < 0.55
     one = client.get(f"/masks/{a}").json()

@@ -1,6 +1,9 @@
 """Jobs through real HTTP: the API under uvicorn, a real redis-server and a real worker process."""
 from __future__ import annotations
 
+import json
+import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -8,22 +11,39 @@ from pathlib import Path
 import pytest
 from slt_stack import Stack, assert_catalog_intact, copy_images
 
+from trainer.data import open_dataset
 from trainer.generator import BaseSpec, base_sha256, build_base
 from trainer.masks import decode_mask
+from trainer.metrics.inception import SAFETENSORS_NAME, load_inception_state
+from trainer.settings import TrainerSettings
 from worker.domains import DomainRegistry
 
 pytestmark = pytest.mark.slow
+
+EVAL_N = 16  # images per side when the worker evaluates a finished mask
+METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
+
+
+def fid_inception_weights() -> Path:
+    """The FID Inception weights in the persistent test cache (fetched once per machine, as the
+    trainer's evaluation tests do), so the worker evaluates with the real protocol offline."""
+    cache = Path(os.environ.get("SLT_TEST_CACHE") or Path.home() / ".cache" / "slt-tests").expanduser()
+    settings = TrainerSettings(home=cache / "slt-home")
+    load_inception_state(settings)
+    return settings.cache_dir / "weights" / SAFETENSORS_NAME
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, emoji_google_dir: Path):
     home = tmp_path_factory.mktemp("jobs-api") / "home"
     copy_images(emoji_google_dir, home / "datasets" / "tiny")
+    # 96 images: enough in the held-out split (13) for every metric of an evaluation
+    copy_images(emoji_google_dir, home / "datasets" / "evaluable", n=96)
     bad = home / "datasets" / "broken"
     bad.mkdir()
     for i in range(3):  # image names, but not images
         (bad / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
-    st = Stack(home)
+    st = Stack(home, SLT_EVAL_N=str(EVAL_N), SLT_INCEPTION_WEIGHTS=str(fid_inception_weights()))
     try:
         st.start_api()
         st.start_worker()
@@ -32,8 +52,8 @@ def stack(tmp_path_factory, emoji_google_dir: Path):
         st.close()
 
 
-def test_search_job_progresses_succeeds_and_promotes(stack: Stack):
-    job_id = stack.submit("tiny", domain="tiny-domain", iterations=24)
+def test_search_job_progresses_succeeds_promotes_and_is_evaluated(stack: Stack, tmp_path: Path):
+    job_id = stack.submit("evaluable", domain="tiny-domain", iterations=24)
     seen: list[dict] = []
     job = stack.wait_job(job_id, seen=seen)
     assert job["status"] == "succeeded", job
@@ -66,6 +86,24 @@ def test_search_job_progresses_succeeds_and_promotes(stack: Stack):
         r = c.get(job["preview"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert r.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+    # then the worker evaluates the mask (SLT_EVAL_N images, held-out split, FID Inception),
+    # and GET /masks/{id} shows the metrics keyed by split, as `trainer evaluate --record` does
+    info = stack.wait_evaluation(job["mask_id"])
+    assert list(info["evaluation"]) == ["heldout"], info["evaluation"]
+    ev = info["evaluation"]["heldout"]
+    for name in METRICS:
+        assert isinstance(ev[name], float) and math.isfinite(ev[name]), (name, ev)
+    assert ev["fid"] >= 0 and 0 <= ev["precision"] <= 1 and 0 <= ev["coverage"] <= 1
+    heldout = open_dataset(stack.home / "datasets" / "evaluable", cache_dir=tmp_path).indices("heldout")
+    assert ev["n"] == min(EVAL_N, len(heldout)) >= 6, (ev["n"], len(heldout))
+    assert ev["split"] == "heldout" and ev["features"] == "inception-fid" and ev["comparable"] is True
+    assert ev["mask_id"] == job["mask_id"] and ev["dataset"] == "evaluable"
+    sidecar = json.loads((stack.home / "masks" / f"{job['mask_id']}.metrics.json").read_text())
+    assert list(sidecar) == ["heldout"] and sidecar["heldout"]["n"] == ev["n"]
+    with stack.client(admin=False) as c:
+        listed = {m["mask_id"]: m for m in c.get("/masks").json()}
+    assert listed[job["mask_id"]]["evaluation"] == info["evaluation"]
 
 
 def test_cancel_queued_and_running_jobs_and_a_dataset_gone_before_its_turn(stack: Stack):

@@ -109,6 +109,22 @@ def install_locally(data: bytes, tmp_path: Path) -> dict:
     return validate_dataset(root, "x")
 
 
+def assert_nothing_escaped(root: Path, top: Path, name: str) -> None:
+    """No `evil.png` outside the unpack folder: not in any folder from root's parent up to
+    `top` (where `../../evil.png` and `x/../../evil.png` would land), nowhere else under `top`,
+    not at the absolute path an archive named, nor in the working directory."""
+    d = root.parent
+    while True:
+        assert not (d / "evil.png").exists(), (name, d)
+        if d == top:
+            break
+        assert top in d.parents, (d, top)
+        d = d.parent
+    escaped = [p for p in top.rglob("evil.png") if root not in p.parents]
+    assert not escaped, (name, escaped)
+    assert not Path("/tmp/evil.png").exists() and not (Path.cwd() / "evil.png").exists(), name
+
+
 def test_good_archives_unpack(tmp_path, good_zip, pngs):
     info = install_locally(good_zip, tmp_path / "zip")
     assert info == {"name": "x", "format": "folder", "images": 24, "skipped": 0}
@@ -124,7 +140,7 @@ def test_bad_archives_are_refused(tmp_path, pngs, good_zip, zip_bomb):
         with pytest.raises(UploadError) as e:
             install_locally(data, work)
         assert (e.value.status_code, words in e.value.detail) == (status, True), (name, e.value.detail)
-        assert not (tmp_path.parent / "evil.png").exists() and not Path("/tmp/evil.png").exists()
+        assert_nothing_escaped(work / "root", tmp_path, name)
         written = sum(p.stat().st_size for p in (work / "root").rglob("*") if p.is_file()) \
             if (work / "root").exists() else 0
         assert written <= LIMITS.unpacked_bytes, name
