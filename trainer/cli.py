@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -130,8 +131,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     log.info("wrote %s: mask %s, kept %.4f of %d weights, %.3f bits/weight, %.1f s, final loss %.5g",
              out, info["mask_id"][:12], info["kept_fraction"], info["weights"],
              info["bits_per_weight"], res.seconds, res.final_loss)
+    final = None if math.isnan(res.final_loss) else res.final_loss  # JSON has no NaN
     print(json.dumps({"mask_id": info["mask_id"], "out": str(out), "seconds": round(res.seconds, 2),
-                      "final_loss": res.final_loss, "kept_fraction": info["kept_fraction"]}))
+                      "final_loss": final, "kept_fraction": info["kept_fraction"]}))
     return 0
 
 

@@ -71,10 +71,12 @@ def generated_images(g, n: int, seed: int, device: str, batch: int = 50):
 
 def evaluate_generator(g, dataset, n: int = 10_000, split: str = "heldout", seed: int = 0,
                        device: str = "cpu", embedder: EvalEmbedder | None = None) -> dict:
-    """Metrics of n generated images against up to n real images of `split`."""
+    """Metrics of up to n real images of `split` against as many generated ones (n vs n: a
+    small held-out split gets a matching generated side, not 10k images that FID's bias at
+    unequal sizes would then depend on)."""
     embedder = embedder or load_eval_embedder("inception", device)
     real = real_features(dataset, split, n, embedder)
-    fake = embedder(generated_images(g, n, seed, device), batch_size=50)
+    fake = embedder(generated_images(g, min(n, len(real)), seed, device), batch_size=50)
     return _report(fake, real, embedder, split, seed, dataset)
 
 
