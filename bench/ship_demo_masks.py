@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--k", type=float)
+    p.add_argument("--pruning", choices=["local", "global", "gradual"])
     p.add_argument("--warmup", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-n", type=int, default=512, help="generated images per evaluation")
@@ -60,7 +61,7 @@ def main() -> None:
     data = {name: open_dataset(root / name) for name in DEMO}
     spec = BaseSpec(width=a.width)
     cfg = config_from(a.preset, iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, k=a.k,
-                      warmup=a.warmup, seed=a.seed)
+                      pruning=a.pruning, warmup=a.warmup, seed=a.seed)
     embedder = load_eval_embedder("inception", a.device)
     # every real image (cached: the same features `trainer curve` uses)
     real = {name: real_features(ds, "all", 10_000, embedder) for name, ds in data.items()}
