@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.masks import MaskError
     from trainer.search import SearchCancelled
 
-    errors: tuple[type[BaseException], ...] = (MaskError, ValueError, OSError, SearchCancelled,
-                                                    FeatureWeightsUnavailable)
+    errors: tuple[type[BaseException], ...] = (
+        MaskError, ValueError, OSError, SearchCancelled, FeatureWeightsUnavailable)
     try:
         return a.func(a)
     except errors as e:
