@@ -208,15 +208,18 @@ class _Evil:
 
 
 class _EvilEval:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (eval, ("__import__('os').system('touch /tmp/slt-never')",))
+        return (eval, (f"__import__('os').system('touch {self.marker}')",))
 
 
 @pytest.mark.parametrize("payload", ["system", "eval", "nested"])
 def test_cifar_malicious_pickle_is_inert(cifar, tmp_path: Path, payload: str):
     _, pyroot, _ = cifar
     marker = tmp_path / "pwned"
-    evil = {"system": _Evil(f"touch {marker}"), "eval": _EvilEval(),
+    evil = {"system": _Evil(f"touch {marker}"), "eval": _EvilEval(marker),
             "nested": {b"data": np.zeros((2, 3072), np.uint8), b"labels": [_Evil(f"touch {marker}")]}}[payload]
     target = pyroot / "cifar-10-batches-py" / "data_batch_2"
     target.write_bytes(pickle.dumps(evil, protocol=2))

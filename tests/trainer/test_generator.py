@@ -30,11 +30,17 @@ def test_parameter_count_matches_paper():
                                         if isinstance(m, torch.nn.Conv2d))
 
 
-def test_shapes_and_range():
+def test_shapes_and_the_tanh_output():
+    """[B,3,64,64]; the last op is tanh of the output conv of BN-ReLU (DESIGN.md's end block)."""
     g = build_base(BaseSpec(width=0.125)).eval()
+    seen = {}
+    g.bn_out.register_forward_hook(lambda m, i, o: seen.update(h=o))
     x = g(latents(0, 0, 3, 100))
     assert x.shape == (3, 3, 64, 64)
-    assert x.abs().max() <= 1.0
+    expected = torch.tanh(torch.nn.functional.conv2d(seen["h"].relu(), g.output.weight, g.output.bias,
+                                                     padding=1))
+    torch.testing.assert_close(x, expected)
+    assert x.std() > 0.01 and not torch.equal(x[0], x[1])  # images depend on their latents
 
 
 @pytest.mark.parametrize("threads", [1, 2])
