@@ -195,7 +195,6 @@ class Engine:
         self.base: torch.nn.Module | None = None
         self.base_sha = ""
         self._params: dict[str, torch.Tensor] = {}
-        self._buffers: dict[str, torch.Tensor] = {}
         self._masks: dict[str, MaskFile] = {}  # mask_id -> packed bits in RAM (served base only)
         self._info: dict[str, dict] = {}  # mask_id -> MaskFile.info() (immutable per id)
         self._unservable: set[str] = set()  # catalog files of another base, or corrupt
@@ -256,7 +255,6 @@ class Engine:
             raise RuntimeError(f"base changed when moved to {self.device}")
         self.base, self.base_sha = base, sha
         self._params = dict(base.named_parameters())
-        self._buffers = dict(base.named_buffers())
         self.base_ready = True
         log.info("base %s built on %s in %.2f s: base_sha256=%s, %d torch threads",
                  self.spec.to_json(), self.device, time.monotonic() - t0, sha, self.threads)
