@@ -47,6 +47,7 @@ class SearchConfig:
     ama: bool = True
     ama_lr: float = 1e-5
     layer_norm: bool = False  # weight each feature layer by 1 / its real mean square
+    var_weight: float = 1.0  # weight of the variance terms against the mean terms (paper: 1)
     gradual_steps: int = 0  # gradual pruning reaches k here (0: half the run)
     dense_layers: tuple[str, ...] = ()  # layer-freeze: these layers stay dense
     bn_batches: int = 50  # batches for the final BatchNorm statistics
@@ -57,6 +58,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.k <= 1.0:
             raise ValueError(f"k is the fraction of weights KEPT, in (0, 1]; got {self.k}")
+        if self.var_weight < 0 or self.ama_lr <= 0:
+            raise ValueError("var_weight must be >= 0 and ama_lr > 0")
         if self.iterations < 0 or self.batch_size < 2:
             raise ValueError("iterations must be >= 0 and batch_size >= 2 (variances need two)")
 
@@ -225,7 +228,8 @@ def _prepare(cfg: SearchConfig, dataset, device: str, cache_dir: Path | None):
     real = real_moments(dataset, extractor, batch_size=64, device=device, cache_dir=cache_dir)
     if fast_kernels(cfg, device):
         extractor = extractor.to(memory_format=torch.channels_last)
-    objective = MomentMatching(real, ama=cfg.ama, ama_lr=cfg.ama_lr, layer_norm=cfg.layer_norm).to(device)
+    objective = MomentMatching(real, ama=cfg.ama, ama_lr=cfg.ama_lr, layer_norm=cfg.layer_norm,
+                               var_weight=cfg.var_weight).to(device)
     return extractor, objective
 
 

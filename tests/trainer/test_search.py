@@ -65,15 +65,15 @@ def test_moment_loss_matches_numpy():
     shapes = [(2, 3, 3), (4, 1, 1)]
     real = _moments(rng, shapes)
     feats = [torch.tensor(rng.normal(size=(6, *s)), dtype=torch.float32) for s in shapes]
-    for layer_norm in (False, True):
-        obj = MomentMatching(real, ama=False, layer_norm=layer_norm)
+    for layer_norm, var_weight in ((False, 1.0), (True, 1.0), (True, 0.25), (False, 0.0)):
+        obj = MomentMatching(real, ama=False, layer_norm=layer_norm, var_weight=var_weight)
         loss, plain = obj(feats)
         ref = 0.0
         for f, mu_r, var_r in zip(feats, real.mean, real.var):
             f = f.numpy().reshape(6, -1).astype(np.float64)
             mu_r, var_r = mu_r.numpy(), var_r.numpy()
             s2 = np.mean(mu_r ** 2 + var_r) if layer_norm else 1.0
-            ref += np.mean((mu_r - f.mean(0)) ** 2) / s2 + np.mean((var_r - f.var(0)) ** 2) / s2 ** 2
+            ref += np.mean((mu_r - f.mean(0)) ** 2) / s2 + var_weight * np.mean((var_r - f.var(0)) ** 2) / s2 ** 2
         assert plain == pytest.approx(ref, rel=1e-5)
         assert float(loss) == pytest.approx(ref, rel=1e-5)
 
@@ -243,3 +243,15 @@ def test_cli_errors_are_clear(tmp_path):
         r = _cli(tmp_path, "generate", "--mask", str(tmp_path / "bad.safetensors"), "--out",
                  str(tmp_path / "g.png"), *bad)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_moment_weights_reach_the_config(tmp_path):
+    from trainer.cli import _config, build_parser
+
+    a = build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--preset", "demo",
+                                   "--var-weight", "0.25", "--ama-lr", "0.003"])
+    cfg = _config(a)
+    assert (cfg.var_weight, cfg.ama_lr, cfg.lr) == (0.25, 0.003, 1e-2)  # demo's lr kept
+    r = _cli(tmp_path, "search", "--var-weight", "-1", "--pruning", "random", "--dataset", str(tmp_path),
+             "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "var_weight" in r.stderr and "Traceback" not in r.stderr, r.stderr
