@@ -66,6 +66,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
     p.add_argument("--no-ama", dest="ama", action="store_const", const=False,
                    help="use batch moments directly instead of GFMN's Adam moving average")
+    p.add_argument("--ama", dest="ama", action="store_const", const=True,
+                   help="GFMN's Adam moving average of the moment differences (paper: on; demo, fast: off)")
     p.add_argument("--ama-lr", type=float, help="AMA's Adam step on the moving average (paper: 1e-5)")
     p.add_argument("--layer-norm", action="store_const", const=True,
                    help="weight each feature layer by 1 / its real mean square")

@@ -249,9 +249,10 @@ def test_cli_moment_weights_reach_the_config(tmp_path):
     from trainer.cli import _config, build_parser
 
     a = build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--preset", "demo",
-                                   "--var-weight", "0.25", "--ama-lr", "0.003"])
+                                   "--var-weight", "0.25", "--ama", "--ama-lr", "0.003"])
     cfg = _config(a)
-    assert (cfg.var_weight, cfg.ama_lr, cfg.lr) == (0.25, 0.003, 1e-2)  # demo's lr kept
+    assert (cfg.var_weight, cfg.ama, cfg.ama_lr, cfg.lr) == (0.25, True, 0.003, 1e-2)  # demo's lr kept
+    assert _config(build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--no-ama"])).ama is False
     r = _cli(tmp_path, "search", "--var-weight", "-1", "--pruning", "random", "--dataset", str(tmp_path),
              "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "var_weight" in r.stderr and "Traceback" not in r.stderr, r.stderr
