@@ -69,7 +69,8 @@ def main() -> None:
     log.info("KID between the two vendors' real images: %.4f", bar_kid)
     # what decides the mask (no local paths): enough to search it again
     opts = {"--only": a.only, "--width": a.width, "--preset": a.preset, "--iterations": a.iterations,
-            "--batch-size": a.batch_size, "--lr": a.lr, "--k": a.k, "--warmup": a.warmup, "--seed": a.seed}
+            "--batch-size": a.batch_size, "--lr": a.lr, "--k": a.k, "--pruning": a.pruning, "--warmup": a.warmup,
+            "--seed": a.seed}
     command = "python bench/ship_demo_masks.py " + " ".join(
         f"{k} {shlex.quote(str(v))}" for k, v in opts.items() if v is not None)
     a.out.mkdir(parents=True, exist_ok=True)
