@@ -67,10 +67,10 @@ class SearchConfig:
 PRESETS: dict[str, dict] = {
     # exactly as published: VGG19 features, AMA, Adam 5e-5 cosine, batch 64, 2M iterations
     "paper": {},
-    # the demo's measured recipe at a GPU's batch and budget (docs/TIME_TO_QUALITY.md; not yet
-    # measured on a GPU)
+    # the demo's measured recipe at a GPU's budget (docs/TIME_TO_QUALITY.md; no GPU measured it
+    # yet). Batch 32: batch 64 did worse per image and per iteration, so per second on any device
     "fast": dict(features="vgg16-keras", lr=1e-2, ama=False, layer_norm=True, iterations=20_000,
-                 batch_size=64, warmup=100, pruning="global"),
+                 batch_size=32, warmup=100, pruning="global"),
     # the best a 2-core CPU gives in about 10 minutes; global pruning (the paper's Table 3 finds
     # it better than per-layer) reached 19-20% of a random mask's KID where local reached 26-29%
     "demo": dict(features="vgg16-keras", lr=1e-2, ama=False, layer_norm=True, iterations=350,
