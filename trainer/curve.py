@@ -89,18 +89,20 @@ def plot_curves(out_dir: Path) -> Path:
 
     runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))]
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
-    for r in runs:
+    runs = [r for r in runs if r["points"]]
+    for i, r in enumerate(runs):
+        # ten colours, then a new line style and marker, so every run of a large study stays distinct
+        style = dict(color=f"C{i % 10}", ls=("-", "--", "-.")[i // 10 % 3])
         pts = r["points"]
-        if not pts:
-            continue
         it = [p["iteration"] for p in pts]
         sec = [p["seconds"] for p in pts]
         kid = [p["kid"] for p in pts]
-        line, = ax[0].plot(it, kid, marker="o", label=r["label"])
-        ax[1].plot(sec, kid, marker="o", color=line.get_color())
-        ax[0].axhline(r["random_mask"]["kid"], color=line.get_color(), ls=":", lw=0.8)
+        marker = "osD"[i // 10 % 3]
+        ax[0].plot(it, kid, marker=marker, label=r["label"], **style)
+        ax[1].plot(sec, kid, marker=marker, **style)
+        ax[0].axhline(r["random_mask"]["kid"], color=style["color"], ls=":", lw=0.8)
         loss = np.array(r["loss"])
-        ax[2].plot(loss[:, 0], loss[:, 1] / loss[0, 1], color=line.get_color(), lw=0.8)
+        ax[2].plot(loss[:, 0], loss[:, 1] / loss[0, 1], lw=0.8, **style)
     ax[0].set(xlabel="iteration", ylabel="KID (Inception)", title="KID vs iterations (dotted: random mask)")
     ax[1].set(xlabel="search seconds (evaluation excluded)", ylabel="KID", title="KID vs wall-clock")
     ax[2].set(xlabel="iteration", ylabel="loss / initial loss", title="moment-matching loss", yscale="log")
