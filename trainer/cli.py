@@ -64,10 +64,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT + .ckpt)")
     p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
     p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
-    p.add_argument("--no-ama", dest="ama", action="store_const", const=False,
-                   help="use batch moments directly instead of GFMN's Adam moving average")
-    p.add_argument("--ama", dest="ama", action="store_const", const=True,
-                   help="GFMN's Adam moving average of the moment differences (paper: on; demo, fast: off)")
+    p.add_argument("--ama", action=argparse.BooleanOptionalAction,
+                   help="GFMN's Adam moving average of the moment differences (paper: on; demo, fast: off); "
+                        "--no-ama uses the batch moments directly")
     p.add_argument("--ama-lr", type=float, help="AMA's Adam step on the moving average (paper: 1e-5)")
     p.add_argument("--layer-norm", action="store_const", const=True,
                    help="weight each feature layer by 1 / its real mean square")

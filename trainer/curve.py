@@ -87,9 +87,8 @@ def plot_curves(out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))]
+    runs = [r for r in (json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))) if r["points"]]
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
-    runs = [r for r in runs if r["points"]]
     for i, r in enumerate(runs):
         # ten colours, then a new line style and marker, so every run of a large study stays distinct
         style = dict(color=f"C{i % 10}", ls=("-", "--", "-.")[i // 10 % 3])
