@@ -37,21 +37,39 @@ def _device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _served_base() -> BaseSpec:
+    """SLT_BASE as the service reads it (a bad value: the paper's base, and _spec reports it)."""
+    from trainer.settings import get_settings
+
+    try:
+        return get_settings().base
+    except ValueError:
+        return BaseSpec()
+
+
 def _base_args(p: argparse.ArgumentParser) -> None:
-    b = p.add_argument_group("base (the frozen random generator; never stored, rebuilt from these)")
-    b.add_argument("--init", default="signed_constant",
-                   choices=["signed_constant", "kaiming_normal"],
-                   help="random init of the base: signed Kaiming constant (paper's best) or Kaiming normal")
-    b.add_argument("--base-seed", type=int, default=0, help="seed of the base weights (not of the search)")
-    b.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the GFMN ResNet")
-    b.add_argument("--nz", type=int, default=100, help="latent size")
+    d = _served_base()
+    b = p.add_argument_group(
+        "base (the frozen random generator; never stored, rebuilt from these)",
+        "Each option defaults to SLT_BASE, the base the service serves (unset: the paper's GFMN at "
+        f"width 1), so a mask searched here is one the service accepts. Now: width {d.width:g}, "
+        f"init {d.init}, base seed {d.seed}, nz {d.nz}. `make run` and compose serve SLT_BASE=width=0.25.")
+    b.add_argument("--init", choices=["signed_constant", "kaiming_normal"],
+                   help=f"random init of the base: signed Kaiming constant (paper's best) or Kaiming "
+                        f"normal (default {d.init}, from SLT_BASE)")
+    b.add_argument("--base-seed", type=int, help=f"seed of the base weights, not of the search "
+                                                 f"(default {d.seed}, from SLT_BASE)")
+    b.add_argument("--width", type=float, help=f"channel width multiplier of the GFMN ResNet "
+                                                f"(default {d.width:g}, from SLT_BASE)")
+    b.add_argument("--nz", type=int, help=f"latent size (default {d.nz}, from SLT_BASE)")
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="image folder/zip, CelebA, LSUN lmdb or CIFAR-10 folder")
     p.add_argument("--preset", choices=["paper", "fast", "demo"],
-                   help="named settings (default: paper, with vgg16-keras features where no VGG19 "
-                        "weights are on this machine); explicit options below override them")
+                   help="named settings (default: paper, exactly as published: Eq. 3 summed, AMA, VGG19 "
+                        "features, which it never swaps for another; demo: about 10 min on a 2-core "
+                        "CPU at base width 0.25, far longer at width 1); explicit options override them")
     p.add_argument("--k", type=float, help=K_HELP + " (default 0.1)")
     p.add_argument("--iterations", type=int, help="optimisation steps (paper: 2,000,000)")
     p.add_argument("--batch-size", type=int, help="generated images per step (paper: 64)")
@@ -68,9 +86,20 @@ def _search_args(p: argparse.ArgumentParser) -> None:
                    help="GFMN's Adam moving average of the moment differences (paper: on; demo, fast: off); "
                         "--no-ama uses the batch moments directly")
     p.add_argument("--ama-lr", type=float, help="AMA's Adam step on the moving average (paper: 1e-5)")
-    p.add_argument("--layer-norm", action="store_const", const=True,
-                   help="weight each feature layer by 1 / its real mean square")
+    p.add_argument("--reduction", choices=["sum", "layer-mean"],
+                   help="over features: sum (the paper's Eq. 3) or a per-layer mean (this project's, demo/fast)")
+    p.add_argument("--layer-norm", action=argparse.BooleanOptionalAction,
+                   help="weight each feature layer by 1 / its real mean square (this project's, demo/fast)")
     p.add_argument("--var-weight", type=float, help="weight of the variance terms (paper: 1)")
+    p.add_argument("--unbiased-var", action=argparse.BooleanOptionalAction,
+                   help="unbiased variances on both sides, as the released code (paper preset: on)")
+    p.add_argument("--bias-score-range", type=float,
+                   help="bias scores U(-r, r) (released code and paper preset: 1; demo/fast: 0.1)")
+    p.add_argument("--global-threshold", choices=["separate", "joint"],
+                   help="global pruning ranks weights and biases apart (released, paper preset) or jointly")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="bf16 autocast and channels_last on CUDA (default on there; never on CPU); "
+                        "recorded in the mask as its precision")
     p.add_argument("--bn-batches", type=int, help="batches for the final BatchNorm statistics")
     p.add_argument("--domain", default="", help="domain name recorded in the file")
     _base_args(p)
@@ -86,7 +115,12 @@ def _config(a: argparse.Namespace, **extra):
 
 
 def _spec(a: argparse.Namespace) -> BaseSpec:
-    return BaseSpec(nz=a.nz, width=a.width, init=a.init, seed=a.base_seed)
+    """The base of the options, each one not given taken from SLT_BASE (the served base)."""
+    from trainer.settings import get_settings
+
+    d = get_settings().base  # a bad SLT_BASE is a clear error here
+    return BaseSpec(nz=d.nz if a.nz is None else a.nz, width=d.width if a.width is None else a.width,
+                    init=a.init or d.init, seed=d.seed if a.base_seed is None else a.base_seed)
 
 
 def _device(a: argparse.Namespace) -> str:
@@ -226,6 +260,15 @@ def cmd_curve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from trainer.reproduce import run_suite
+
+    records = run_suite(a.config, a.dataset, a.out, a.docs, _device(a))
+    print(json.dumps([{k: r[k] for k in ("dataset", "run", "method", "kid", "fid", "seconds")}
+                      for r in records], indent=1))
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate_cli
 
@@ -291,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
                    help="real side: held-out (report) or train (choose checkpoints)")
     e.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    e.add_argument("--pr-k", type=int, choices=[3, 5], default=3,
+                   help="precision/recall neighbourhood: 3 (Kynkaanniemi et al., default) or 5 (the "
+                        "paper's released code; its reproduction tables use 5)")
     e.add_argument("--features", choices=["inception", "vgg16-keras"], default="inception",
                    help="embedding: the standard FID Inception (falls back to vgg16-keras, marked)")
     e.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
@@ -310,6 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gradual-steps", type=int, help="gradual pruning reaches k at this step")
     _search_args(c)
     c.set_defaults(func=cmd_curve)
+
+    r = sub.add_parser("reproduce", help="the paper's claims: a resumable suite of runs, tables, plots",
+                       description="Run a suite of searches and baselines (trainer/suites/<config>.toml), "
+                                   "each at most once: finished runs are kept, an interrupted one resumes "
+                                   "from its checkpoint. Writes DOCS/results/<config>.json and .md and "
+                                   "DOCS/images/<config>/.")
+    r.add_argument("--config", required=True,
+                   help="quick (a 2-core CPU, about an hour), full (a GPU), or a suite .toml path")
+    r.add_argument("--dataset", action="append",
+                   help="dataset name ($SLT_HOME/datasets) or path; repeat for more (default: the suite's)")
+    r.add_argument("--out", type=Path, help="artifacts and run records (default $SLT_HOME/reproduce/<config>)")
+    r.add_argument("--docs", type=Path, default=Path("docs"), help="where results and images go (default docs)")
+    r.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
+    r.set_defaults(func=cmd_reproduce)
 
     i = sub.add_parser("inspect", help="a mask file's metadata as JSON")
     i.add_argument("mask", help="mask file")

@@ -17,7 +17,7 @@ import numpy as np
 
 from trainer.evaluate import generated_images, real_features
 from trainer.generator import BaseSpec
-from trainer.metrics import compute_metrics
+from trainer.metrics import compute_metrics, kid_subset_size
 from trainer.metrics.embed import EvalEmbedder
 from trainer.search import Progress, SearchConfig, random_mask, search
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def compare(fake: np.ndarray, real: np.ndarray, kid_subsets: int = 50) -> dict:
     """KID, FID and precision/recall/density/coverage of two feature sets [N,D]."""
-    m = compute_metrics(fake, real, kid_subset_size=min(1000, len(fake), len(real)), kid_subsets=kid_subsets)
+    m = compute_metrics(fake, real, kid_subset_size=kid_subset_size(len(fake), len(real)), kid_subsets=kid_subsets)
     return {k: m[k] for k in ("kid", "kid_std", "fid", "precision", "recall", "density", "coverage")}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.metrics import compute_metrics
+from trainer.metrics import PR_K_KYNKAANNIEMI, compute_metrics, kid_subset_size
 from trainer.metrics.embed import EvalEmbedder, load_eval_embedder
 from trainer.settings import get_settings
 
@@ -70,19 +70,20 @@ def generated_images(g, n: int, seed: int, device: str, batch: int = 50):
 
 
 def evaluate_generator(g, dataset, n: int = 10_000, split: str = "heldout", seed: int = 0,
-                       device: str = "cpu", embedder: EvalEmbedder | None = None) -> dict:
+                       device: str = "cpu", embedder: EvalEmbedder | None = None,
+                       pr_k: int = PR_K_KYNKAANNIEMI) -> dict:
     """Metrics of up to n real images of `split` against as many generated ones (n vs n: a
     small held-out split gets a matching generated side, not 10k images that FID's bias at
     unequal sizes would then depend on)."""
     embedder = embedder or load_eval_embedder("inception", device)
     real = real_features(dataset, split, n, embedder)
     fake = embedder(generated_images(g, min(n, len(real)), seed, device), batch_size=50)
-    return _report(fake, real, embedder, split, seed, dataset)
+    return _report(fake, real, embedder, split, seed, dataset, pr_k)
 
 
 def _report(fake: np.ndarray, real: np.ndarray, embedder: EvalEmbedder, split: str, seed: int,
-            dataset) -> dict:
-    m = compute_metrics(fake, real, kid_subset_size=min(1000, len(fake), len(real)))
+            dataset, pr_k: int = PR_K_KYNKAANNIEMI) -> dict:
+    m = compute_metrics(fake, real, kid_subset_size=kid_subset_size(len(fake), len(real)), pr_k=pr_k)
     out = {**m, "n": int(min(len(fake), len(real))), "split": split, "seed": seed,
            "features": embedder.name, "comparable": embedder.comparable,
            "dataset": dataset.name, "dataset_sha256": dataset.dataset_sha256}
@@ -92,18 +93,20 @@ def _report(fake: np.ndarray, real: np.ndarray, embedder: EvalEmbedder, split: s
 
 
 def evaluate_mask(mask, dataset, n: int = 10_000, split: str = "heldout", seed: int = 0,
-                  device: str = "cpu", embedder: EvalEmbedder | None = None, base=None) -> dict:
+                  device: str = "cpu", embedder: EvalEmbedder | None = None, base=None,
+                  pr_k: int = PR_K_KYNKAANNIEMI) -> dict:
     """Metrics of a mask file (MaskFile) on its base (`base`: trained weights it prunes)."""
     from trainer.ticket import build_ticket
 
     out = evaluate_generator(build_ticket(mask, device, base=base), dataset, n, split, seed, device,
-                             embedder)
+                             embedder, pr_k)
     out["mask_id"] = mask.mask_id
     return out
 
 
 def evaluate_images(images_dir: str | Path, dataset, n: int = 10_000, split: str = "heldout",
-                    device: str = "cpu", embedder: EvalEmbedder | None = None) -> dict:
+                    device: str = "cpu", embedder: EvalEmbedder | None = None,
+                    pr_k: int = PR_K_KYNKAANNIEMI) -> dict:
     """Metrics of any folder of images (loaded as a dataset: square-cropped to 64x64)."""
     from trainer.data import open_dataset
 
@@ -112,7 +115,7 @@ def evaluate_images(images_dir: str | Path, dataset, n: int = 10_000, split: str
     idx = fakes.indices("all")[:n]
     fake = embedder(_batched(fakes, idx), batch_size=50)
     real = real_features(dataset, split, n, embedder)
-    out = _report(fake, real, embedder, split, 0, dataset)
+    out = _report(fake, real, embedder, split, 0, dataset, pr_k)
     out["images"] = fakes.name
     return out
 
@@ -126,12 +129,12 @@ def evaluate_cli(a) -> dict:
     dataset = open_dataset(a.dataset)
     embedder = load_eval_embedder(a.features, device)
     if a.images:
-        return evaluate_images(a.images, dataset, a.n, a.split, device, embedder)
+        return evaluate_images(a.images, dataset, a.n, a.split, device, embedder, a.pr_k)
     if a.weights:
         from trainer.search import weights_generator
 
         out = evaluate_generator(weights_generator(Path(a.weights), device), dataset, a.n, a.split,
-                                 a.seed, device, embedder)
+                                 a.seed, device, embedder, a.pr_k)
         out["weights"] = str(a.weights)
         return out
     from trainer.masks import MaskCatalog, read_mask_file
@@ -139,7 +142,7 @@ def evaluate_cli(a) -> dict:
 
     mask = read_mask_file(a.mask)
     base = weights_generator(Path(a.base_weights)) if getattr(a, "base_weights", None) else None
-    out = evaluate_mask(mask, dataset, a.n, a.split, a.seed, device, embedder, base)
+    out = evaluate_mask(mask, dataset, a.n, a.split, a.seed, device, embedder, base, a.pr_k)
     catalog = MaskCatalog(get_settings().masks_dir)
     if getattr(a, "record", False) and mask.mask_id in catalog:  # sidecar: the file never changes
         catalog.record_metrics(mask.mask_id, {f"{out['split']}": out})

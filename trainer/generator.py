@@ -75,7 +75,7 @@ class Generator(nn.Module):
                  conv: type[nn.Conv2d] = nn.Conv2d,
                  convT: type[nn.ConvTranspose2d] = nn.ConvTranspose2d):
         super().__init__()
-        ch = [max(1, int(round(c * width))) for c in FILTERS]
+        ch = [max(1, int(c * width)) for c in FILTERS]  # int(), as the released code: 1433 at 1.4
         self.nz = nz
         self.input = convT(nz, ch[0], 4, 1, 0, bias=False)  # [B,nz,1,1] -> [B,ch0,4,4]
         self.blocks = nn.ModuleList(ResBlock(a, b, conv) for a, b in zip(ch[:-1], ch[1:]))

@@ -1,11 +1,33 @@
 """The trainer's typed settings, read from the environment once (SLT_HOME and weight files)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from trainer.generator import BaseSpec
+
+
+def parse_base(value: str | dict | None) -> BaseSpec:
+    """SLT_BASE: JSON ({"width": 0.25, "init": "signed_constant", "seed": 0}) or
+    `key=value` pairs (`width=0.25,init=signed_constant,seed=0`); unset means the paper's GFMN.
+    The service serves this base and the CLI's base options default to it."""
+    if value is None or value == "":
+        return BaseSpec()
+    if isinstance(value, dict):
+        return BaseSpec.from_dict(value)
+    value = value.strip()
+    if value.startswith("{"):
+        return BaseSpec.from_dict(json.loads(value))
+    d: dict = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        k, _, v = part.partition("=")
+        k = k.strip().replace("base_seed", "seed")
+        d[k] = v.strip() if k in ("arch", "init") else (float(v) if k == "width" else int(v))
+    return BaseSpec.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -16,6 +38,7 @@ class TrainerSettings:
     vgg19_weights: Path | None = None  # SLT_VGG19_WEIGHTS: local ImageNet VGG19 file
     inception_weights: Path | None = None  # SLT_INCEPTION_WEIGHTS: local FID Inception file
     device: str = "auto"  # SLT_DEVICE: auto | cpu | cuda
+    base: BaseSpec = BaseSpec()  # SLT_BASE: the served base, and the CLI's default base
 
     @property
     def datasets_dir(self) -> Path:
@@ -38,6 +61,7 @@ class TrainerSettings:
             vgg19_weights=opt("SLT_VGG19_WEIGHTS"),
             inception_weights=opt("SLT_INCEPTION_WEIGHTS"),
             device=env.get("SLT_DEVICE", "auto"),
+            base=parse_base(env.get("SLT_BASE")),
         )
 
 

@@ -1,10 +1,12 @@
 """Edge-popup: score-masked convolutions over frozen random weights, and the pruning modes.
 
-Every conv weight and bias has a score s ~ U(-0.1, 0.1). The forward pass keeps the weights
+Every conv weight has a score s ~ U(-0.1, 0.1), every bias one ~ U(-1, 1) as the released code
+draws them (`bias_range`; this project's short-budget presets use 0.1). The forward pass keeps the weights
 whose |s| ranks in the top fraction k (k = fraction KEPT, as in the paper) and the gradient
 reaches s straight through the selection and then through |.|, as the released code does.
-Modes: local (top-k per layer), global (top-k of all prunable scores), gradual (local, k
-shrinking from 1 to k on a cubic schedule), random (a fixed random mask at k, never trained).
+Modes: local (top-k per layer), global (top-k over all layers: weights and biases ranked apart,
+as released, or jointly), gradual (local, k shrinking from 1 to k on a cubic schedule), random
+(a fixed random mask at k, never trained).
 """
 from __future__ import annotations
 
@@ -19,12 +21,19 @@ import torch.nn.functional as F
 from trainer.init import uniform
 
 PRUNING = ("local", "global", "gradual", "random")
-SCORE_RANGE = 0.1
+SCORE_RANGE = 0.1  # weight scores U(-0.1, 0.1)
+BIAS_SCORE_RANGE = 1.0  # bias scores U(-1, 1), as the released code draws them
+GLOBAL_THRESHOLDS = ("separate", "joint")
 
 
 def n_keep(n: int, k: float) -> int:
     """Weights kept of n at fraction k: n - floor((1-k) n), as the released code counts."""
     return n - int(math.floor((1.0 - k) * n + 1e-9))
+
+
+def n_keep_global(n: int, k: float) -> int:
+    """Kept of n by the released global pruning, which prunes ceil((1-k) n) (local: floor)."""
+    return n - int(math.ceil((1.0 - k) * n - 1e-9))
 
 
 def keep_mask(abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
@@ -70,7 +79,7 @@ class MaskedLayer:
     bias_scores: nn.Parameter | None
     dense: bool = False  # layer-freeze: kept whole, scores not trained
     keep: float = 1.0  # local fraction, set by Pruner
-    threshold: torch.Tensor | None = None  # global |s| threshold, set by Pruner
+    threshold: dict[str, torch.Tensor] | None = None  # global |s| threshold per score tensor, by Pruner
     tie_quota: dict[str, torch.Tensor] | None = None  # global: ties kept per score tensor
 
     def _setup_scores(self) -> None:
@@ -91,8 +100,8 @@ class MaskedLayer:
                 m = keep_mask(a, n_keep(a.numel(), self.keep))
             else:
                 flat = a.flatten()
-                m = _add_ties(flat > self.threshold, flat, self.threshold,
-                              self.tie_quota[which]).view_as(a)
+                thr = self.threshold[which]
+                m = _add_ties(flat > thr, flat, thr, self.tie_quota[which]).view_as(a)
         return StraightThrough.apply(a, m)
 
     def masked_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,9 +153,13 @@ class Pruner:
     are pruned harder, so the whole network still keeps the fraction k (the paper, Table 4)."""
 
     def __init__(self, model: nn.Module, k: float, mode: str = "local",
-                 gradual_steps: int = 0, dense_layers: Iterable[str] = ()):
+                 gradual_steps: int = 0, dense_layers: Iterable[str] = (),
+                 global_threshold: str = "separate"):
         if mode not in PRUNING:
             raise ValueError(f"unknown pruning {mode!r}; choose from {PRUNING}")
+        if global_threshold not in GLOBAL_THRESHOLDS:
+            raise ValueError(f"global_threshold must be one of {GLOBAL_THRESHOLDS}, got {global_threshold!r}")
+        self.global_threshold = global_threshold
         if not 0.0 < k <= 1.0:
             raise ValueError(f"k is the fraction of weights KEPT and must be in (0, 1], got {k}")
         self.model, self.k, self.mode, self.gradual_steps = model, k, mode, gradual_steps
@@ -162,6 +175,15 @@ class Pruner:
                     s.requires_grad_(mode != "random" and not layer.dense)
         self.kept_total, self.k_pruned = self._budget()
         self.set_step(0)
+
+    def _groups(self) -> list[tuple[str, ...]]:
+        """Score kinds ranked together by global pruning: weights and biases apart, or together."""
+        return [("weight",), ("bias",)] if self.global_threshold == "separate" else [("weight", "bias")]
+
+    def _scores_of(self, which: tuple[str, ...], dense: bool | None = None):
+        return [(l, w, s) for _, l in self.layers if dense is None or l.dense == dense
+                for w, s in (("weight", l.weight_scores), ("bias", l.bias_scores))
+                if s is not None and w in which]
 
     def _budget(self) -> tuple[int, float]:
         """Weights kept over the whole network, and the fraction the non-dense layers keep."""
@@ -194,14 +216,23 @@ class Pruner:
 
     @torch.no_grad()
     def update_global_threshold(self) -> None:
-        """One |s| threshold over all non-dense scores, each weight and bias counted once; ties
-        at it go to the last entries of the concatenation, as a stable argsort orders them."""
-        pruned = [(l, which, s) for _, l in self.layers if not l.dense
-                  for which, s in (("weight", l.weight_scores), ("bias", l.bias_scores)) if s is not None]
+        """One |s| threshold per group (weights, biases: `_groups`) over all non-dense layers,
+        keeping k of the group; ties at it go to the last entries of the concatenation, as a
+        stable argsort orders them."""
+        for l, _, _ in self._scores_of(("weight", "bias")):
+            l.threshold, l.tie_quota = {}, {}
+        for which in self._groups():
+            self._group_threshold(which)
+
+    def _group_threshold(self, which: tuple[str, ...]) -> None:
+        pruned = self._scores_of(which, dense=False)
+        if not pruned:
+            return
         flat = torch.cat([s.detach().abs().flatten() for _, _, s in pruned])
-        frozen = sum(s.numel() for _, l in self.layers if l.dense
-                     for s in (l.weight_scores, l.bias_scores) if s is not None)
-        kept = self.kept_total - frozen
+        total = sum(s.numel() for _, _, s in self._scores_of(which))
+        frozen = total - flat.numel()
+        # with layer-freeze the non-dense part keeps what makes the whole group keep k
+        kept = max(0, n_keep_global(total, self.k) - frozen) if len(which) == 1 else self.kept_total - frozen
         if kept >= flat.numel():
             thr = flat.min() - 1
         else:
@@ -210,10 +241,8 @@ class Pruner:
         ties = torch.stack([(s.detach().abs() == thr).sum() for _, _, s in pruned])
         after = ties.flip(0).cumsum(0).flip(0) - ties  # ties in later tensors
         quota = (short - after).clamp(min=0).minimum(ties)
-        for l, _, _ in pruned:
-            l.threshold, l.tie_quota = thr, {}
-        for (l, which, _), q in zip(pruned, quota):
-            l.tie_quota[which] = q
+        for (l, w, _), q in zip(pruned, quota):
+            l.threshold[w], l.tie_quota[w] = thr, q
 
     @torch.no_grad()
     def binary_masks(self) -> dict[str, torch.Tensor]:
@@ -230,13 +259,14 @@ class Pruner:
 
 
 @torch.no_grad()
-def init_scores(model: nn.Module, seed: int) -> None:
-    """Scores U(-0.1, 0.1) from the search seed (never the base seed), one stream per tensor."""
+def init_scores(model: nn.Module, seed: int, bias_range: float = BIAS_SCORE_RANGE) -> None:
+    """Weight scores U(-0.1, 0.1), bias scores U(-bias_range, bias_range), from the search seed
+    (never the base seed), one stream per tensor."""
     i = 0
     for _, layer in masked_layers(model):
-        for s in (layer.weight_scores, layer.bias_scores):
+        for s, r in ((layer.weight_scores, SCORE_RANGE), (layer.bias_scores, bias_range)):
             if s is None:
                 continue
             u = uniform(np.random.SeedSequence([seed, i, 7]), s.numel())
-            s.copy_(torch.from_numpy(((u * 2.0 - 1.0) * SCORE_RANGE).astype(np.float32)).view_as(s))
+            s.copy_(torch.from_numpy(((u * 2.0 - 1.0) * r).astype(np.float32)).view_as(s))
             i += 1

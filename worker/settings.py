@@ -5,7 +5,6 @@ The service's `Settings` extends this class with what only the API needs, so one
 """
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.generator import BaseSpec
-from trainer.settings import TrainerSettings
+from trainer.settings import TrainerSettings, parse_base  # noqa: F401 (one SLT_BASE parser for all)
 
 # A dataset is an entry of $SLT_HOME/datasets named by this: never a path. Dots only between
 # other characters ("celeba.zip"), so no "..", no hidden entries.
@@ -27,24 +26,6 @@ def check_dataset_name(name: str) -> str:
         raise ValueError(f"dataset name {name!r}: up to {DATASET_NAME_MAX} of A-Z a-z 0-9 _ - and "
                          "single dots between them; a name from GET /datasets, never a path")
     return name
-
-
-def parse_base(value: str | dict | None) -> BaseSpec:
-    """SLT_BASE: JSON ({"width": 0.25, "init": "signed_constant", "seed": 0}) or
-    `key=value` pairs (`width=0.25,init=signed_constant,seed=0`); unset means the paper's GFMN."""
-    if value is None or value == "":
-        return BaseSpec()
-    if isinstance(value, dict):
-        return BaseSpec.from_dict(value)
-    value = value.strip()
-    if value.startswith("{"):
-        return BaseSpec.from_dict(json.loads(value))
-    d: dict = {}
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        k, _, v = part.partition("=")
-        k = k.strip().replace("base_seed", "seed")
-        d[k] = v.strip() if k in ("arch", "init") else (float(v) if k == "width" else int(v))
-    return BaseSpec.from_dict(d)
 
 
 class WorkerSettings(BaseSettings):

@@ -102,3 +102,11 @@ def test_prunable_names_cover_convs_only():
     names = prunable_names(Generator(width=0.125))
     assert "input.weight" in names and "input.bias" not in names
     assert "output.bias" in names and not any(".bn" in n or n.startswith("bn_") for n in names)
+
+
+def test_width_rounds_channels_down_as_the_released_code():
+    """ResnetG computes int(c * channel_multiplier): at width 1.4 that is 1433 (round: 1434)."""
+    g = Generator(nz=100, width=1.4)
+    assert [g.input.out_channels] + [b.conv1.out_channels for b in g.blocks] == [
+        int(c * 1.4) for c in (1024, 512, 256, 128, 64)] == [1433, 716, 358, 179, 89]
+    assert Generator(width=0.25).input.out_channels == 256  # the served bases are unchanged

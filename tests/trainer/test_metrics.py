@@ -152,11 +152,38 @@ def test_compute_metrics_json_ready_and_deterministic():
     real, fake = rng.normal(size=(300, 24)), rng.normal(0.1, 1, size=(250, 24))
     out = compute_metrics(fake, real, kid_subset_size=100, kid_subsets=10)
     assert set(out) == {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage",
-                        "n_fake", "n_real"}
+                        "n_fake", "n_real", "pr_k", "kid_subset_size"}
     assert type(out["n_fake"]) is int and out["n_fake"] == 250 and out["n_real"] == 300
-    assert all(type(v) is float for k, v in out.items() if not k.startswith("n_"))
+    counts = ("n_fake", "n_real", "pr_k", "kid_subset_size")
+    assert all(type(out[k]) is int for k in counts) and out["kid_subset_size"] == 100
+    assert all(type(v) is float for k, v in out.items() if k not in counts)
     assert json.loads(json.dumps(out)) == out
     assert compute_metrics(fake, real, kid_subset_size=100, kid_subsets=10) == out
     assert out["fid"] == pytest.approx(fid_from_features(fake, real))
     with pytest.raises(ValueError):
         compute_metrics(fake, real[:, :10])
+
+
+def test_precision_recall_neighbourhood_of_the_released_code():
+    """pr_k=5 is prdc.compute_prdc(nearest_k=5), as the released code calls it; pr_k=3 the default."""
+    rng = np.random.default_rng(11)
+    real, fake = rng.normal(size=(60, 8)), rng.normal(0.3, 1.2, size=(50, 8))
+    five = compute_metrics(fake, real, kid_subset_size=40, kid_subsets=5, pr_k=5, device="cpu")
+    ref5 = prdc_ref.compute_prdc(real, fake, 5)
+    assert five["pr_k"] == 5
+    assert (five["precision"], five["recall"]) == pytest.approx((ref5["precision"], ref5["recall"]))
+    three = compute_metrics(fake, real, kid_subset_size=40, kid_subsets=5, device="cpu")
+    ref3 = prdc_ref.compute_prdc(real, fake, 3)
+    assert three["pr_k"] == 3 and three["recall"] == pytest.approx(ref3["recall"])
+    assert (three["precision"], three["recall"]) != (five["precision"], five["recall"])
+
+
+def test_kid_subsets_differ_so_the_spread_means_something():
+    """Below 2,000 images a side, KID subsets are half the smaller side, never all of it."""
+    from trainer.metrics import kid_subset_size
+
+    assert kid_subset_size(10_000, 10_000) == 1000 and kid_subset_size(388, 388) == 194
+    rng = np.random.default_rng(3)
+    out = compute_metrics(rng.normal(size=(120, 6)), rng.normal(size=(100, 6)),
+                          kid_subset_size=kid_subset_size(120, 100), kid_subsets=20, device="cpu")
+    assert out["kid_subset_size"] == 50 and out["kid_std"] > 1e-6

@@ -60,13 +60,50 @@ def _moments(rng, shapes):
                    [torch.tensor(rng.uniform(0.5, 2, size=int(np.prod(s)))) for s in shapes], n=100)
 
 
-def test_moment_loss_matches_numpy():
+def _real_sample(rng, shapes, n=40):
+    """Real features per layer [n, F_l] and their Moments as the search caches them."""
+    from trainer.stats import RunningMoments
+
+    real = [rng.normal(1.0, 2.0, size=(n, int(np.prod(s)))) for s in shapes]
+    rm = RunningMoments()
+    for i in range(0, n, 16):  # streamed in batches, as real_moments does
+        rm.update([torch.tensor(r[i:i + 16]) for r in real])
+    return real, rm.result()
+
+
+def test_paper_loss_is_eq3_summed_over_all_features():
+    """Eq. 3: sum_j ||mu_r^j - mu_f^j||^2 + ||sigma_r^j - sigma_f^j||^2, as the released code's one
+    dot product over the concatenated features, with unbiased variances on both sides."""
+    rng = np.random.default_rng(1)
+    shapes = [(2, 3, 3), (4, 1, 1), (5, 2, 2)]
+    real, moments = _real_sample(rng, shapes)
+    feats = [torch.tensor(rng.normal(size=(6, *s)), dtype=torch.float32) for s in shapes]
+    cfg = config_from("paper")
+    obj = MomentMatching(moments, ama=False, layer_norm=cfg.layer_norm, var_weight=cfg.var_weight,
+                         reduction=cfg.reduction, unbiased=cfg.unbiased_var)
+    loss, plain = obj(feats)
+    fake = np.concatenate([f.numpy().reshape(6, -1).astype(np.float64) for f in feats], axis=1)
+    r = np.concatenate(real, axis=1)
+    d_mu = r.mean(0) - fake.mean(0)
+    d_var = r.var(0, ddof=1) - fake.var(0, ddof=1)
+    ref = d_mu @ d_mu + d_var @ d_var
+    assert plain == pytest.approx(ref, rel=1e-5)
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert obj.record["name"] == "eq3" and obj.record["reduction"] == "sum"
+    # a per-layer mean (the old reduction) would weight layer l by 1/F_l: not the same loss
+    per_layer_mean = sum(np.mean((rr.mean(0) - ff.mean(0)) ** 2) + np.mean((rr.var(0, ddof=1) - ff.var(0, ddof=1)) ** 2)
+                         for rr, ff in zip(real, [f.numpy().reshape(6, -1) for f in feats]))
+    assert abs(per_layer_mean - ref) > 0.1 * ref
+
+
+def test_project_objective_is_layer_normalised_mean():
     rng = np.random.default_rng(1)
     shapes = [(2, 3, 3), (4, 1, 1)]
     real = _moments(rng, shapes)
     feats = [torch.tensor(rng.normal(size=(6, *s)), dtype=torch.float32) for s in shapes]
     for layer_norm, var_weight in ((False, 1.0), (True, 1.0), (True, 0.25), (False, 0.0)):
-        obj = MomentMatching(real, ama=False, layer_norm=layer_norm, var_weight=var_weight)
+        obj = MomentMatching(real, ama=False, layer_norm=layer_norm, var_weight=var_weight,
+                             reduction="layer-mean", unbiased=False)
         loss, plain = obj(feats)
         ref = 0.0
         for f, mu_r, var_r in zip(feats, real.mean, real.var):
@@ -76,10 +113,12 @@ def test_moment_loss_matches_numpy():
             ref += np.mean((mu_r - f.mean(0)) ** 2) / s2 + var_weight * np.mean((var_r - f.var(0)) ** 2) / s2 ** 2
         assert plain == pytest.approx(ref, rel=1e-5)
         assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert config_from("demo").reduction == "layer-mean" and config_from("demo").layer_norm
+    assert MomentMatching(real, ama=False, layer_norm=True, reduction="layer-mean").record["name"] == "layer-normalised"
 
 
 def test_ama_surrogate_gradient_uses_the_moving_average():
-    """With AMA, d S / d mu_f = -2 v / F: the batch difference replaced by its average."""
+    """With AMA (Eq. 3 summed), d S / d x_b = -2 v_mu / B - 2 v_var 2 (x_b - mu) / (B - 1)."""
     rng = np.random.default_rng(2)
     real = _moments(rng, [(3, 2, 2)])
     obj = MomentMatching(real, ama=True, ama_lr=0.1)
@@ -88,9 +127,7 @@ def test_ama_surrogate_gradient_uses_the_moving_average():
     s.backward()
     v_mu, v_var = obj.ama[0].v.numpy(), obj.ama[1].v.numpy()
     x = f.detach().numpy().reshape(5, -1)
-    F_ = x.shape[1]
-    # d/dx_b of mean_f(-2 v mu_f) = -2 v / (F B); of mean_f(-2 w var_f) = -2 w 2 (x_b - mu) / (F B)
-    ref = -2 * v_mu / (F_ * 5) - 2 * v_var * 2 * (x - x.mean(0)) / (F_ * 5)
+    ref = -2 * v_mu / 5 - 2 * v_var * 2 * (x - x.mean(0)) / 4
     np.testing.assert_allclose(f.grad.numpy().reshape(5, -1), ref, rtol=1e-4, atol=1e-8)
     # and after one update from zero v moved toward d = mu_r - mu_f by about lr
     d = real.mean[0].numpy() - x.mean(0)
@@ -256,3 +293,80 @@ def test_cli_moment_weights_reach_the_config(tmp_path):
     r = _cli(tmp_path, "search", "--var-weight", "-1", "--pruning", "random", "--dataset", str(tmp_path),
              "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "var_weight" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_dense_baseline_trains_batchnorm_affine_as_gfmn(emoji64, cache):
+    """The dense baseline trains every parameter, BatchNorm affine included (its init: 1 and 0)."""
+    from trainer.generator import build_base
+    from trainer.search import read_weights, train_dense
+
+    ds = open_dataset(emoji64, cache_dir=cache)
+    res = train_dense(SPEC, quick(iterations=3, lr=1e-2), ds, cache_dir=cache)
+    path = Path(cache) / "dense.safetensors"
+    path.write_bytes(res.data)
+    _, trained = read_weights(path)
+    init = dict(build_base(BaseSpec(width=0.125, init="xavier_uniform")).named_parameters())
+    bn = [n for n in init if ".bn" in n or n.startswith("bn_")]
+    assert bn and all(n.endswith((".weight", ".bias")) for n in bn)
+    for name in bn:
+        assert not torch.equal(trained[name], init[name]), f"{name} did not train"
+    assert not torch.equal(trained["output.weight"], init["output.weight"])
+
+
+def test_paper_preset_is_eq3_as_released_and_never_swaps_vgg19():
+    paper, none = config_from("paper"), config_from(None)
+    for cfg in (paper, none):
+        assert (cfg.reduction, cfg.layer_norm, cfg.var_weight, cfg.unbiased_var) == ("sum", False, 1.0, True)
+        assert (cfg.ama, cfg.ama_lr, cfg.lr, cfg.batch_size, cfg.features) == (True, 1e-5, 5e-5, 64, "vgg19")
+        assert (cfg.bias_score_range, cfg.global_threshold) == (1.0, "separate")
+    demo = config_from("demo")
+    assert (demo.reduction, demo.layer_norm, demo.bias_score_range, demo.global_threshold) == (
+        "layer-mean", True, 0.1, "joint")
+
+
+def test_cli_paper_preset_without_vgg19_is_a_clear_error(emoji64, tmp_path):
+    """No VGG19 weights: the paper's recipe stops and says how to provide them; nothing is written."""
+    env_home = tmp_path / "home"
+    r = subprocess.run([sys.executable, "-m", "trainer", "search", "--dataset", str(emoji64), "--out",
+                        str(tmp_path / "m.safetensors"), "--width", "0.125", "--iterations", "2"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=600,
+                       env={"SLT_HOME": str(env_home), "PATH": "/usr/bin:/bin",
+                            "SLT_VGG19_WEIGHTS": str(tmp_path / "no-vgg19.pth")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "SLT_VGG19_WEIGHTS" in r.stderr and "--features vgg16-keras" in r.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_masks_record_objective_and_precision(emoji64, cache):
+    ds = open_dataset(emoji64, cache_dir=cache)
+    res = search(SPEC, quick(iterations=2, reduction="sum", layer_norm=False, unbiased_var=True), ds,
+                 cache_dir=cache)
+    meta = decode_mask(res.data).meta
+    assert json.loads(meta["objective"]) == {"name": "eq3", "reduction": "sum", "layer_norm": False,
+                                             "var_weight": 1.0, "variance": "unbiased", "ama": False,
+                                             "ama_lr": None}
+    assert meta["precision"] == "fp32"  # CPU never autocasts
+    demo = search(SPEC, config_from("demo", features="random", iterations=2, batch_size=4, bn_batches=2,
+                                    preview_every=0), ds, cache_dir=cache)
+    assert json.loads(decode_mask(demo.data).meta["objective"])["name"] == "layer-normalised"
+
+
+def test_cli_base_defaults_to_the_served_base(monkeypatch):
+    """The CLI's base options default to SLT_BASE, as the service reads it; explicit ones win."""
+    from trainer.cli import _spec, build_parser
+    from trainer.settings import get_settings
+
+    monkeypatch.setenv("SLT_BASE", "width=0.25,seed=3")
+    get_settings.cache_clear()
+    try:
+        a = build_parser().parse_args(["search", "--dataset", "d", "--out", "o"])
+        assert _spec(a) == BaseSpec(width=0.25, seed=3)
+        a = build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--width", "0.5"])
+        assert _spec(a) == BaseSpec(width=0.5, seed=3)
+        monkeypatch.delenv("SLT_BASE")
+        get_settings.cache_clear()
+        assert _spec(build_parser().parse_args(["search", "--dataset", "d", "--out", "o"])) == BaseSpec()
+    finally:
+        get_settings.cache_clear()

@@ -38,10 +38,10 @@ def test_local_keeps_topk_per_layer(k):
         np.testing.assert_array_equal(masks[name].numpy(), numpy_topk(s, kept), err_msg=name)
 
 
-def test_global_keeps_exactly_k_of_all():
+def test_global_joint_keeps_exactly_k_of_all():
     g = masked()
     k = 0.1
-    masks = Pruner(g, k, "global").binary_masks()
+    masks = Pruner(g, k, "global", global_threshold="joint").binary_masks()
     scores = all_scores(g)
     flat = np.concatenate([s.reshape(-1) for s in scores.values()])
     ref = numpy_topk(flat, n_keep(flat.size, k))
@@ -50,6 +50,34 @@ def test_global_keeps_exactly_k_of_all():
     assert got.sum() == flat.size - int(np.floor(0.9 * flat.size + 1e-9))
     per_layer = [masks[n].float().mean().item() for n in scores]
     assert max(per_layer) - min(per_layer) > 0.0  # layers differ: a single global ranking
+
+
+def released_global(scores: dict[str, np.ndarray], k: float) -> dict[str, np.ndarray]:
+    """Reference from the released code's global EP (net_utils.py): one threshold over all weight
+    |scores| and another over all bias |scores|; n_prune = ceil((1-k) N), thr = sort(|s|)[n_prune-1],
+    keep |s| > thr."""
+    out = {}
+    for kind in ("weight", "bias"):
+        names = [n for n in scores if n.endswith("." + kind)]
+        flat = np.concatenate([scores[n].reshape(-1) for n in names])
+        n_prune = int(np.ceil((1 - k) * flat.size))
+        thr = np.sort(flat)[n_prune - 1]
+        out.update({n: scores[n] > thr for n in names})
+    return out
+
+
+@pytest.mark.parametrize("k", [0.1, 0.3])
+def test_global_ranks_weights_and_biases_apart_as_released(k):
+    g = masked(seed=5)
+    scores = all_scores(g)
+    bias = np.concatenate([s.reshape(-1) for n, s in scores.items() if n.endswith(".bias")])
+    weight = np.concatenate([s.reshape(-1) for n, s in scores.items() if n.endswith(".weight")])
+    assert bias.max() > 0.5 and weight.max() <= 0.1  # bias scores U(-1, 1), weight scores U(-0.1, 0.1)
+    masks = Pruner(g, k, "global").binary_masks()
+    for name, ref in released_global(scores, k).items():
+        np.testing.assert_array_equal(masks[name].numpy(), ref, err_msg=name)
+    kept_bias = sum(masks[n].sum().item() for n in scores if n.endswith(".bias"))
+    assert kept_bias == pytest.approx(k * bias.size, abs=1)  # not every bias, as one joint threshold would keep
 
 
 def quantised(seed=0, step=1e-3):
@@ -72,7 +100,7 @@ def test_ties_keep_exactly_k_like_a_stable_sort(k):
     local = Pruner(g, k, "local").binary_masks()
     for name, s in scores.items():
         np.testing.assert_array_equal(local[name].numpy(), numpy_topk(s, n_keep(s.size, k)), err_msg=name)
-    glob = Pruner(g, k, "global").binary_masks()
+    glob = Pruner(g, k, "global", global_threshold="joint").binary_masks()
     flat = np.concatenate([s.reshape(-1) for s in scores.values()])
     got = np.concatenate([glob[n].numpy().reshape(-1) for n in scores])
     np.testing.assert_array_equal(got, numpy_topk(flat, n_keep(flat.size, k)))

@@ -1,0 +1,203 @@
+"""`python -m trainer reproduce`: a suite of runs that survives kill -9 without redoing a
+finished run, resumes an interrupted one from its checkpoint, and writes results and plots."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from slt_stack import copy_images
+
+from trainer.reproduce import load_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = """
+[suite]
+name = "tiny"
+description = "a tiny suite for the resume test"
+scale = "tiny: width 0.0625, random features"
+
+[defaults]
+preset = "demo"
+features = "random"
+width = 0.0625
+batch_size = 2
+bn_batches = 2
+iterations = 3
+checkpoint_every_s = 0.0
+preview_every = 0
+weights_lr = 1e-3
+
+[eval]
+n = 12
+grid = 4
+
+[[run]]
+id = "random"
+method = "random"
+claims = ["headline", "k_sweep"]
+
+[[run]]
+id = "first"
+method = "local"
+select_every = 2
+iterations = 4
+claims = ["headline", "k_sweep"]
+
+[[run]]
+id = "long"
+method = "global"
+iterations = {long}
+claims = ["k_sweep"]
+
+[[run]]
+id = "dense"
+method = "dense"
+claims = ["headline"]
+
+[[run]]
+id = "ft"
+method = "finetune"
+from = "first"
+iterations = 2
+claims = ["finetune"]
+
+[[run]]
+id = "pruned"
+method = "prune_trained"
+from = "dense"
+pruning = "local"
+dense_layers = ["output"]
+iterations = 2
+claims = ["prune_trained"]
+"""
+
+
+def _start(suite: Path, data: Path, out: Path, docs: Path, home: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "trainer", "reproduce", "--config", str(suite), "--dataset", str(data),
+           "--out", str(out), "--docs", str(docs), "--device", "cpu"]
+    env = {**os.environ, "SLT_HOME": str(home), "OMP_NUM_THREADS": "2"}
+    with open(log, "w") as f:  # a file, not a pipe: progress bars would fill a pipe nobody reads
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"suite exited early ({proc.returncode}): {log.read_text()[-3000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail("timed out waiting for the suite")
+        time.sleep(0.05)
+
+
+def test_reproduce_resumes_after_kill_9_without_redoing_finished_runs(emoji_google_dir, tmp_path):
+    data = copy_images(emoji_google_dir, tmp_path / "emoji", n=120)  # a held-out split of about 12
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY.replace("{long}", "40"))
+    out, docs, home = tmp_path / "out", tmp_path / "docs", tmp_path / "home"
+    runs = out / "emoji"
+
+    log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
+    proc = _start(suite, data, out, docs, home, log1)
+    ckpt = runs / "long.ckpt"
+
+    def mid_long() -> bool:  # the first two runs finished and "long" checkpointed past iteration 2
+        if not (runs / "first.json").is_file() or not ckpt.is_file():
+            return False
+        try:
+            return torch.load(ckpt, weights_only=True)["iteration"] >= 3
+        except Exception:  # noqa: BLE001 - a checkpoint being replaced is read again
+            return False
+
+    _wait_for(mid_long, proc, timeout=400, log=log1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (runs / "long.json").exists()
+    finished = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs.glob("*.json")
+                if not p.name.endswith(".clock.json")}
+    assert set(finished) == {"random.json", "first.json"}
+    at_kill = torch.load(ckpt, weights_only=True)["iteration"]
+
+    proc = _start(suite, data, out, docs, home, log2)
+    proc.wait(timeout=400)
+    err = log2.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "random: finished before, kept" in err and "first: finished before, kept" in err
+    for name, (data_bytes, mtime) in finished.items():  # never redone
+        assert (runs / name).read_bytes() == data_bytes and (runs / name).stat().st_mtime_ns == mtime
+    long = json.loads((runs / "long.json").read_text())
+    assert long["resumed_from"] >= at_kill >= 3  # from the checkpoint, not from 0
+    assert [p[0] for p in long["losses"]][0] == 1 and long["losses"][-1][0] == 40
+    assert not ckpt.exists()
+
+    results = json.loads((docs / "results" / "tiny.json").read_text())
+    from trainer.data import open_dataset
+
+    held_out = len(open_dataset(data, cache_dir=tmp_path / "c").indices("heldout"))
+    assert [r["run"] for r in results["runs"]] == ["random", "first", "long", "dense", "ft", "pruned"]
+    keys = {"claim", "method", "objective", "init", "width", "k", "iterations", "batch_size", "dataset",
+            "features", "fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "n",
+            "split", "seconds", "device"}
+    for r in results["runs"]:
+        assert keys <= set(r), keys - set(r)
+        assert r["split"] == "heldout" and r["n"] == min(12, held_out) and r["pr_k"] == 5
+        assert Image.open(docs / r["grid"]).size == (134, 134)  # 2 x 2 grid of 64 px
+    by = {r["run"]: r for r in results["runs"]}
+    assert by["dense"]["init"] == "xavier_uniform" and by["dense"]["k"] == 1.0
+    assert by["random"]["objective"] == "none" and by["first"]["objective"] == "layer-normalised"
+    assert [p["iteration"] for p in by["first"]["selection"]] == [2, 4]
+    assert {"train", "heldout"} <= set(by["first"]["selection"][0])
+    assert by["pruned"]["dense_layers"] == ["output"] and by["ft"]["from"] == "first"
+    table = (docs / "results" / "tiny.md").read_text()
+    assert "## k_sweep" in table and "| emoji | long | global |" in table
+    assert (docs / "images" / "tiny" / "k_sweep.png").is_file() and (docs / "images" / "tiny" / "loss.png").is_file()
+
+
+def test_suite_errors_are_found_before_any_run(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[run]]\nid = "a"\nmethod = "local"\nlearning_rate = 1\n')
+    with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+        load_suite(str(bad))
+    bad.write_text('[[run]]\nid = "ft"\nmethod = "finetune"\nfrom = "nothing"\n')
+    with pytest.raises(ValueError, match="needs `from`"):
+        load_suite(str(bad))
+    bad.write_text('[[run]]\nid = "a"\nmethod = "local"\nk = 1.5\n')
+    with pytest.raises(ValueError, match="KEPT"):
+        load_suite(str(bad))
+    with pytest.raises(ValueError, match="no suite"):
+        load_suite("nonesuch")
+
+
+def test_shipped_suites_cover_every_claim_of_the_paper():
+    claims = {"headline", "pruning", "k_sweep", "dense", "init", "width", "finetune", "prune_trained",
+              "objective"}
+    for name in ("quick", "full"):
+        s = load_suite(name)
+        runs = {r.id: r for r in s.runs}
+        assert claims <= {c for r in s.runs for c in r.claims}, name
+        assert {r.method for r in s.runs} == {"local", "global", "gradual", "random", "dense", "finetune",
+                                              "prune_trained"}
+        assert {r.config().k for r in s.runs if "k_sweep" in r.claims} >= {0.05, 0.1, 0.3, 0.5, 0.9}
+        assert len({r.spec().width for r in s.runs if "width" in r.claims}) >= 3
+        assert {r.spec().init for r in s.runs if "init" in r.claims} == {"signed_constant", "kaiming_normal"}
+        assert {r.config().reduction for r in s.runs if "objective" in r.claims} == {"sum", "layer-mean"}
+        headline = [r for r in s.runs if "headline" in r.claims]
+        assert {r.method for r in headline} == {"local", "random", "dense"}
+        assert all(r.datasets == "all" for r in headline) and len(s.datasets) >= 2
+        # a comparison's runs share data, seeds, batch and budget
+        for claim in claims - {"dense", "prune_trained", "finetune"}:
+            rs = [r for r in s.runs if claim in r.claims and r.method != "random"]
+            assert len({(r.config().seed, r.config().batch_size, r.config().iterations) for r in rs}) == 1, claim
+        assert runs["local-k0.1"].config().pruning == "local"
+    full = load_suite("full")
+    assert full.runs[0].config().batch_size == 64

@@ -1,0 +1,472 @@
+"""`python -m trainer reproduce`: the paper's claims as one resumable suite of runs.
+
+A suite is a TOML file (`trainer/suites/quick.toml`, `full.toml`, or any path): defaults shared
+by every run, the evaluation protocol, and a list of runs, each tagged with the claims it serves.
+Every run's artifact (mask or weights), metrics, grid and seconds are kept under --out; a
+finished run (its record JSON exists) is never redone, an interrupted one resumes from its
+checkpoint. The results go to `<docs>/results/<suite>.json`, tables to `<docs>/results/<suite>.md`
+and plots and grids to `<docs>/images/<suite>/`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from trainer.atomic_write import write_atomic
+from trainer.generator import BaseSpec
+from trainer.search import SearchConfig, config_from, load_checkpoint, objective_of
+
+log = logging.getLogger(__name__)
+
+SUITES = Path(__file__).parent / "suites"
+METHODS = ("local", "global", "gradual", "random", "dense", "finetune", "prune_trained")
+BASE_KEYS = ("width", "init", "base_seed", "nz")
+RUN_KEYS = ("id", "claims", "method", "datasets", "from", "objective", "preset", "weights_lr",
+            "select_every")
+# named objectives a run may ask for; each sets every field that defines the loss and selection
+OBJECTIVES = {
+    "eq3": dict(reduction="sum", layer_norm=False, var_weight=1.0, unbiased_var=True,
+                bias_score_range=1.0, global_threshold="separate"),
+    "layer-normalised": dict(reduction="layer-mean", layer_norm=True, var_weight=1.0, unbiased_var=False,
+                             bias_score_range=0.1, global_threshold="joint"),
+}
+RESULT_KEYS = ("fid", "kid", "kid_std", "kid_subset_size", "precision", "recall", "density", "coverage", "n",
+               "split", "pr_k")
+EVAL_VERSION = 2  # a record scored by an older protocol is re-scored from its kept artifact
+
+
+@dataclass
+class Run:
+    """One run of a suite: a method, its settings and the claims it is evidence for."""
+
+    id: str
+    claims: list[str]
+    method: str
+    settings: dict  # SearchConfig fields and base fields, defaults merged in
+    datasets: str | list[str] = "first"  # "first", "all" or names
+    source: str | None = None  # the run whose artifact this one starts from (finetune, prune_trained)
+    objective: str | None = None
+    preset: str | None = None
+    weights_lr: float | None = None  # dense and fine-tuning train weights, not scores
+    select_every: int = 0  # evaluate snapshots on train and held-out every N iterations
+
+    def config(self) -> SearchConfig:
+        cfg_keys = {f.name for f in fields(SearchConfig)}
+        kw = {k: v for k, v in self.settings.items() if k in cfg_keys}
+        if self.objective:
+            kw.update(OBJECTIVES[self.objective])
+        if self.method in ("local", "global", "gradual", "random"):
+            kw["pruning"] = self.method
+        if self.method in ("dense", "finetune") and self.weights_lr is not None:
+            kw["lr"] = self.weights_lr
+        return config_from(self.preset, **kw)
+
+    def spec(self) -> BaseSpec:
+        s = self.settings
+        return BaseSpec(nz=int(s.get("nz", 100)), width=float(s.get("width", 1.0)),
+                        init=s.get("init", "signed_constant"), seed=int(s.get("base_seed", 0)))
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    scale: str
+    datasets: list[str]
+    eval: dict
+    runs: list[Run] = field(default_factory=list)
+    paper: dict = field(default_factory=dict)  # the paper's figures per claim, for the tables
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (trainer/suites/<name>.toml) or path; every run checked before any starts."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES.glob("*.toml"))
+        raise ValueError(f"no suite {name_or_path!r}: give one of {known} or a .toml path")
+    raw = tomllib.loads(path.read_text())
+    meta, defaults = raw.get("suite", {}), raw.get("defaults", {})
+    suite = Suite(name=meta.get("name", path.stem), description=meta.get("description", ""),
+                  scale=meta.get("scale", ""), datasets=list(meta.get("datasets", [])),
+                  eval={"n": 10_000, "split": "heldout", "pr_k": 5, "seed": 0, "grid": 16,
+                        **raw.get("eval", {})}, paper=raw.get("paper", {}))
+    cfg_keys = {f.name for f in fields(SearchConfig)} | set(BASE_KEYS)
+    seen: dict[str, Run] = {}
+    for r in raw.get("run", []):
+        unknown = set(r) - cfg_keys - set(RUN_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: run {r.get('id')!r}: unknown keys {sorted(unknown)}")
+        d_unknown = set(defaults) - cfg_keys - {"preset", "weights_lr"}
+        if d_unknown:
+            raise ValueError(f"{path}: [defaults]: unknown keys {sorted(d_unknown)}")
+        run = Run(id=r["id"], claims=list(r.get("claims", [])), method=r.get("method", "local"),
+                  settings={**{k: v for k, v in defaults.items() if k in cfg_keys},
+                            **{k: v for k, v in r.items() if k in cfg_keys}},
+                  datasets=r.get("datasets", "first"), source=r.get("from"),
+                  objective=r.get("objective"), preset=r.get("preset", defaults.get("preset")),
+                  weights_lr=r.get("weights_lr", defaults.get("weights_lr")),
+                  select_every=int(r.get("select_every", 0)))
+        if run.method not in METHODS:
+            raise ValueError(f"{path}: run {run.id!r}: method {run.method!r} is not one of {METHODS}")
+        if run.objective and run.objective not in OBJECTIVES:
+            raise ValueError(f"{path}: run {run.id!r}: objective {run.objective!r}: one of {sorted(OBJECTIVES)}")
+        if run.id in seen:
+            raise ValueError(f"{path}: run id {run.id!r} twice")
+        if run.method in ("finetune", "prune_trained"):
+            src = seen.get(run.source or "")
+            want = ("local", "global", "gradual") if run.method == "finetune" else ("dense",)
+            if src is None or src.method not in want:
+                raise ValueError(f"{path}: run {run.id!r} needs `from` naming an earlier {'/'.join(want)} run")
+        run.config(), run.spec()  # settings errors now, not an hour in
+        seen[run.id] = run
+        suite.runs.append(run)
+    if not suite.runs:
+        raise ValueError(f"{path}: no [[run]] entries")
+    return suite
+
+
+def _datasets_of(run: Run, names: list[str]) -> list[str]:
+    if run.datasets == "all":
+        return names
+    if run.datasets == "first":
+        return names[:1]
+    return [d for d in run.datasets if d in names]
+
+
+def open_named(name: str):
+    """A dataset by name ($SLT_HOME/datasets/<name>) or by path."""
+    from trainer.data import open_dataset
+    from trainer.settings import get_settings
+
+    p = Path(name)
+    if not p.exists():
+        p = get_settings().datasets_dir / name
+    if not p.exists():
+        raise ValueError(f"dataset {name!r}: neither a path nor an entry of {get_settings().datasets_dir}"
+                         " (`make data` installs the demo datasets)")
+    return open_dataset(p)
+
+
+class Runner:
+    """Executes a suite's runs in order, each at most once, and writes the results."""
+
+    def __init__(self, suite: Suite, datasets: list[str], out: Path, docs: Path, device: str):
+        self.suite, self.datasets, self.out, self.docs, self.device = suite, datasets, out, docs, device
+        self._embedder = None
+        self._open: dict[str, object] = {}
+
+    def dataset(self, name: str):
+        if name not in self._open:
+            self._open[name] = open_named(name)
+        return self._open[name]
+
+    def embedder(self):
+        if self._embedder is None:
+            from trainer.metrics.embed import load_eval_embedder
+
+            self._embedder = load_eval_embedder(self.suite.eval.get("features", "inception"), self.device)
+        return self._embedder
+
+    def run_dir(self, dataset: str) -> Path:
+        return self.out / Path(dataset).name  # a name, or a path's last part
+
+    def record_path(self, dataset: str, run: Run) -> Path:
+        return self.run_dir(dataset) / f"{run.id}.json"
+
+    def artifact(self, dataset: str, run_id: str) -> Path:
+        return self.run_dir(dataset) / f"{run_id}.safetensors"
+
+    def plan(self) -> list[tuple[str, Run]]:
+        return [(d, r) for r in self.suite.runs for d in _datasets_of(r, self.datasets)]
+
+    def execute(self) -> list[dict]:
+        plan = self.plan()
+        from tqdm import tqdm
+
+        for ds, run in tqdm(plan, desc=f"suite {self.suite.name}", unit="run"):
+            path = self.record_path(ds, run)
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("eval_version") == EVAL_VERSION:
+                    log.info("%s/%s: finished before, kept", ds, run.id)
+                    continue
+                log.info("%s/%s: finished before, re-scored with evaluation v%d", ds, run.id, EVAL_VERSION)
+                rec = self.rescore(ds, run, rec)
+            else:
+                rec = self.run_one(ds, run)
+            write_atomic(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+            log.info("%s/%s: KID %.4f FID %.1f in %.0f s", ds, run.id, rec["kid"], rec["fid"], rec["seconds"])
+        records = [json.loads(self.record_path(ds, run).read_text()) for ds, run in plan]
+        self.write_results(records)
+        return records
+
+    # ---- one run ---------------------------------------------------------------------------
+
+    def run_one(self, ds_name: str, run: Run) -> dict:
+        from trainer.masks import decode_mask
+        from trainer.search import finetune, random_mask, search, train_dense
+
+        ds, cfg, spec = self.dataset(ds_name), run.config(), run.spec()
+        self.run_dir(ds_name).mkdir(parents=True, exist_ok=True)
+        self._warm(ds, cfg)
+        ckpt = self.run_dir(ds_name) / f"{run.id}.ckpt"
+        clock = self.run_dir(ds_name) / f"{run.id}.clock.json"
+        state = load_checkpoint(ckpt)
+        resumed_from = int(state["iteration"]) if state else 0
+        prior = self._prior_seconds(clock, resumed_from)
+        selection: list[dict] = []
+        spent_eval = 0.0
+
+        def progress(p) -> None:
+            nonlocal spent_eval
+            if run.select_every and (p.iteration % run.select_every == 0 or p.iteration == p.iterations):
+                t = time.monotonic()
+                selection.append({"iteration": p.iteration, **self._select_point(p.snapshot(), ds)})
+                spent_eval += time.monotonic() - t
+            if p.iteration % 10 == 0:
+                write_atomic(clock, json.dumps({"iteration": p.iteration,
+                                                "seconds": prior + p.elapsed_s - spent_eval}).encode())
+
+        kw = dict(progress=progress, checkpoint=ckpt, resume=True)
+        source = self.artifact(ds_name, run.source) if run.source else None
+        if run.method == "random":
+            data, seconds, losses = random_mask(spec, cfg, ds.dataset_sha256, ds.name, self.device), 0.0, []
+        elif run.method in ("local", "global", "gradual", "prune_trained"):
+            res = search(spec, cfg, ds, domain=ds.name, device=self.device, from_weights=source, **kw)
+            data, seconds, losses = res.data, res.seconds, res.losses
+        elif run.method == "dense":
+            res = train_dense(spec, cfg, ds, device=self.device, **kw)
+            data, seconds, losses = res.data, res.seconds, res.losses
+        else:  # finetune
+            res = finetune(decode_mask(source.read_bytes()), cfg, ds, device=self.device, **kw)
+            data, seconds, losses = res.data, res.seconds, res.losses
+        write_atomic(self.artifact(ds_name, run.id), data)
+        g = self._generator(ds_name, run)
+        metrics = self._evaluate(g, ds)
+        grid_path = self._grid(g, ds_name, run)
+        ckpt.unlink(missing_ok=True)
+        clock.unlink(missing_ok=True)
+        dense = list(cfg.dense_layers)
+        k = float(decode_mask(source.read_bytes()).meta["k"]) if run.method == "finetune" else cfg.k
+        return {
+            "claim": run.claims[0] if run.claims else "", "claims": run.claims, "run": run.id,
+            "method": run.method, "objective": objective_of(cfg)["name"] if run.method != "random" else "none",
+            "objective_detail": objective_of(cfg), "init": "xavier_uniform" if run.method == "dense" else spec.init,
+            "width": spec.width, "k": 1.0 if run.method == "dense" else k,
+            "iterations": 0 if run.method == "random" else cfg.iterations, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "ama": cfg.ama, "dense_layers": dense, "from": run.source,
+            "dataset": ds.name, "dataset_sha256": ds.dataset_sha256,
+            "features": "none" if run.method == "random" else cfg.features,
+            **{k: metrics[k] for k in RESULT_KEYS}, "eval_features": metrics["features"],
+            "seconds": round(prior + seconds - spent_eval, 1) if run.method != "random" else 0.0,
+            "resumed_from": resumed_from, "device": _device_name(self.device), "eval_version": EVAL_VERSION,
+            "grid": str(grid_path.relative_to(self.docs)), "artifact": str(self.artifact(ds_name, run.id)),
+            "losses": _thin(losses, 200), "selection": selection,
+            "search": asdict(cfg), "base": asdict(spec),
+        }
+
+    def _generator(self, ds_name: str, run: Run):
+        """The generator a run's kept artifact defines (a ticket, or trained weights)."""
+        from trainer.masks import decode_mask
+        from trainer.search import weights_generator
+        from trainer.ticket import build_ticket
+
+        path = self.artifact(ds_name, run.id)
+        if run.method in ("dense", "finetune"):
+            return weights_generator(path, self.device)
+        base = weights_generator(self.artifact(ds_name, run.source)) if run.method == "prune_trained" else None
+        return build_ticket(decode_mask(path.read_bytes()), self.device, base=base)
+
+    def rescore(self, ds_name: str, run: Run, rec: dict) -> dict:
+        """A finished run's metrics and grid again from its artifact; the search is not redone."""
+        g = self._generator(ds_name, run)
+        metrics = self._evaluate(g, self.dataset(ds_name))
+        self._grid(g, ds_name, run)
+        return {**rec, **{k: metrics[k] for k in RESULT_KEYS}, "eval_features": metrics["features"],
+                "eval_version": EVAL_VERSION}
+
+    def _warm(self, ds, cfg: SearchConfig) -> None:
+        """Real moments and held-out features before the clock starts, so no run pays for them."""
+        if cfg.pruning == "random":
+            return
+        from trainer.features import load_extractor
+        from trainer.stats import real_moments
+
+        real_moments(ds, load_extractor(cfg.features, self.device), device=self.device)
+
+    @staticmethod
+    def _prior_seconds(clock: Path, resumed_from: int) -> float:
+        """Search seconds spent before a resume, pro rata to the checkpoint's iteration."""
+        if not resumed_from or not clock.is_file():
+            return 0.0
+        c = json.loads(clock.read_text())
+        return float(c["seconds"]) * min(1.0, resumed_from / max(1, c["iteration"]))
+
+    def _evaluate(self, g, ds) -> dict:
+        from trainer.evaluate import evaluate_generator
+
+        e = self.suite.eval
+        return evaluate_generator(g, ds, int(e["n"]), e["split"], int(e["seed"]), self.device,
+                                  self.embedder(), pr_k=int(e["pr_k"]))
+
+    def _select_point(self, g, ds) -> dict:
+        """KID and FID of one snapshot against the train and the held-out split (same fakes)."""
+        from trainer.evaluate import generated_images, real_features
+        from trainer.metrics import compute_metrics, kid_subset_size
+
+        e, emb = self.suite.eval, self.embedder()
+        held = real_features(ds, "heldout", int(e["n"]), emb)
+        n = len(held)  # the train side is sampled to the same size, so both FIDs share their bias
+        real = {"train": real_features(ds, "train", n, emb), "heldout": held}
+        fake = emb(generated_images(g, n, int(e["seed"]), self.device), batch_size=50)
+        out = {}
+        for s, r in real.items():
+            m = compute_metrics(fake, r, kid_subset_size=kid_subset_size(n, len(r)), pr_k=int(e["pr_k"]))
+            out[s] = {k: m[k] for k in ("fid", "kid", "kid_std")}
+        return out
+
+    def _grid(self, g, ds_name: str, run: Run) -> Path:
+        from trainer.ticket import generate, grid
+
+        path = self.docs / "images" / self.suite.name / f"{Path(ds_name).name}-{run.id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = int(self.suite.eval["grid"])
+        grid(generate(g, int(self.suite.eval["seed"]), n, device=self.device)).save(path)
+        return path
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def write_results(self, records: list[dict]) -> None:
+        results = self.docs / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        slim = [{k: v for k, v in r.items() if k not in ("search", "base", "artifact")} for r in records]
+        doc = {"suite": self.suite.name, "description": self.suite.description, "scale": self.suite.scale,
+               "datasets": self.datasets, "eval": self.suite.eval, "runs": slim}
+        write_atomic(results / f"{self.suite.name}.json", json.dumps(doc, indent=1).encode())
+        write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records).encode())
+        plot_suite(self.suite, records, self.docs / "images" / self.suite.name)
+
+
+def _thin(losses: list[tuple[int, float]], n: int) -> list[list[float]]:
+    step = max(1, math.ceil(len(losses) / n))
+    pts = losses[::step] + (losses[-1:] if losses and (len(losses) - 1) % step else [])
+    return [[int(i), (None if not math.isfinite(v) else float(v))] for i, v in pts]
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def tables(suite: Suite, records: list[dict]) -> str:
+    """One markdown table per claim (a run appears under every claim it serves)."""
+    claims: list[str] = []
+    for r in records:
+        claims += [c for c in r["claims"] if c not in claims]
+    lines = [f"# Suite `{suite.name}`", "", suite.description, "", f"Scale: {suite.scale}", "",
+             f"Evaluation: {suite.eval['split']} split, n vs n (n below), standard FID Inception, "
+             f"precision/recall with k={suite.eval['pr_k']}, density/coverage with k=5, KID ± its "
+             "standard deviation over subsets.", ""]
+    head = ("| dataset | run | method | objective | init | width | k | it. | KID | FID | P | R | D | C | n | s |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in claims:
+        lines += [f"## {c}", ""]
+        if c in suite.paper:
+            lines += [f"Paper: {suite.paper[c]}", ""]
+        lines.append(head)
+        for r in records:
+            if c in r["claims"]:
+                lines.append(
+                    f"| {r['dataset']} | {r['run']} | {r['method']} | {r['objective']} | {r['init']} | "
+                    f"{r['width']:g} | {r['k']:g} | {r['iterations']} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+                    f"{r['fid']:.1f} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['density'])} | "
+                    f"{_fmt(r['coverage'])} | {r['n']} | {r['seconds']:.0f} |")
+        lines.append("")
+    sel = [r for r in records if r.get("selection")]
+    for r in sel:
+        lines += [f"## checkpoint selection: {r['dataset']}/{r['run']}", "",
+                  "| iteration | KID train | FID train | KID held-out | FID held-out |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['iteration']} | {p['train']['kid']:.4f} | {p['train']['fid']:.1f} | "
+                  f"{p['heldout']['kid']:.4f} | {p['heldout']['fid']:.1f} |" for p in r["selection"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_suite(suite: Suite, records: list[dict], out: Path) -> None:
+    """KID and FID against k and against width, and the loss curves, as PNGs in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for claim, key, xlabel in (("k_sweep", "k", "k (fraction of weights kept)"), ("width", "width", "width multiplier")):
+        rows = sorted((r for r in records if claim in r["claims"] and r["method"] not in ("random", "dense")),
+                      key=lambda r: r[key])
+        if not rows:
+            continue
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+        for ds in dict.fromkeys(r["dataset"] for r in rows):
+            rr = [r for r in rows if r["dataset"] == ds]
+            x = [r[key] for r in rr]
+            ax[0].errorbar(x, [r["kid"] for r in rr], yerr=[r["kid_std"] for r in rr], marker="o", label=ds)
+            ax[1].plot(x, [r["fid"] for r in rr], marker="o", label=ds)
+            ax[2].plot(x, [r["precision"] for r in rr], marker="o", label=f"{ds} precision")
+            ax[2].plot(x, [r["recall"] for r in rr], marker="s", ls="--", label=f"{ds} recall")
+        for r in records:  # the random-mask reference at k=0.1 on the same base
+            if r["method"] == "random" and claim == "k_sweep":
+                ax[0].axhline(r["kid"], color="grey", ls=":", lw=0.8)
+        ax[0].set(xlabel=xlabel, ylabel="KID (held-out)", title=f"KID vs {key}")
+        ax[1].set(xlabel=xlabel, ylabel="FID (held-out)", title=f"FID vs {key}")
+        ax[2].set(xlabel=xlabel, ylabel=f"k={suite.eval['pr_k']} NN", title="precision / recall")
+        ax[2].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{claim}.png", dpi=100)
+        plt.close(fig)
+    curves = [r for r in records if r["losses"]]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, r in enumerate(curves):
+            pts = np.array([p for p in r["losses"] if p[1] is not None], dtype=float)
+            if len(pts) and pts[0, 1] > 0:
+                ax.plot(pts[:, 0], pts[:, 1] / pts[0, 1], lw=0.9, color=f"C{i % 10}",
+                        ls=("-", "--", "-.")[i // 10 % 3], label=f"{r['dataset']}/{r['run']}")
+        ax.set(xlabel="iteration", ylabel="loss / initial loss", yscale="log", title="moment-matching loss")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=100)
+        plt.close(fig)
+
+
+def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: Path, device: str) -> list[dict]:
+    """Load a suite and run what is not finished yet; returns every run's record."""
+    from trainer.settings import get_settings
+
+    suite = load_suite(config)
+    names = datasets or suite.datasets
+    if not names:
+        raise ValueError("no datasets: give --dataset NAME or list them in the suite")
+    out = out or get_settings().home / "reproduce" / suite.name
+    return Runner(suite, names, Path(out), Path(docs), device).execute()
+
