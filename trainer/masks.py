@@ -85,7 +85,7 @@ class MaskFile:
         return {k: torch.from_numpy(v.astype(np.float32)).to(device) for k, v in self.bn.items()}
 
 
-_JSON_META = {"base_arch", "metrics", "search", "dense_layers", "base_seed", "k", "iterations"}
+_JSON_META = {"base_arch", "metrics", "search", "dense_layers", "base_seed", "k", "iterations", "objective"}
 
 
 def pack_bits(mask: torch.Tensor) -> np.ndarray:

@@ -126,6 +126,12 @@ def load_suite(name_or_path: str) -> Suite:
             want = ("local", "global", "gradual") if run.method == "finetune" else ("dense",)
             if src is None or src.method not in want:
                 raise ValueError(f"{path}: run {run.id!r} needs `from` naming an earlier {'/'.join(want)} run")
+            wider = {"all": 2, "first": 1}
+            if wider.get(run.datasets, 0) > wider.get(src.datasets, 0) or (
+                    isinstance(run.datasets, list) and isinstance(src.datasets, list)
+                    and not set(run.datasets) <= set(src.datasets)):
+                raise ValueError(f"{path}: run {run.id!r} covers datasets its `from` run "
+                                 f"{src.id!r} does not ({run.datasets} vs {src.datasets})")
         run.config(), run.spec()  # settings errors now, not an hour in
         seen[run.id] = run
         suite.runs.append(run)
@@ -135,11 +141,12 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _datasets_of(run: Run, names: list[str]) -> list[str]:
+    """The datasets a run covers: all, the first, or those it names (a path matches its last part)."""
     if run.datasets == "all":
         return names
     if run.datasets == "first":
         return names[:1]
-    return [d for d in run.datasets if d in names]
+    return [d for d in names if d in run.datasets or Path(d).name in run.datasets]
 
 
 def open_named(name: str):
@@ -194,8 +201,11 @@ class Runner:
 
         for ds, run in tqdm(plan, desc=f"suite {self.suite.name}", unit="run"):
             path = self.record_path(ds, run)
-            if path.is_file():
-                rec = json.loads(path.read_text())
+            rec = json.loads(path.read_text()) if path.is_file() else None
+            if rec is not None and not self.same_settings(ds, run, rec):
+                log.warning("%s/%s: its settings changed since it ran; running it again", ds, run.id)
+                rec = None
+            if rec is not None:
                 if rec.get("eval_version") == EVAL_VERSION:
                     log.info("%s/%s: finished before, kept", ds, run.id)
                     continue
@@ -223,7 +233,9 @@ class Runner:
         state = load_checkpoint(ckpt)
         resumed_from = int(state["iteration"]) if state else 0
         prior = self._prior_seconds(clock, resumed_from)
-        selection: list[dict] = []
+        # snapshots taken before a resume are kept with the clock, so a kill loses none of them
+        selection: list[dict] = ([p for p in json.loads(clock.read_text()).get("selection", [])
+                                  if p["iteration"] <= resumed_from] if resumed_from and clock.is_file() else [])
         spent_eval = 0.0
 
         def progress(p) -> None:
@@ -232,8 +244,10 @@ class Runner:
                 t = time.monotonic()
                 selection.append({"iteration": p.iteration, **self._select_point(p.snapshot(), ds)})
                 spent_eval += time.monotonic() - t
-            if p.iteration % 10 == 0:
-                write_atomic(clock, json.dumps({"iteration": p.iteration,
+                write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection,
+                                                "seconds": prior + p.elapsed_s - spent_eval}).encode())
+            elif p.iteration % 10 == 0:
+                write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection,
                                                 "seconds": prior + p.elapsed_s - spent_eval}).encode())
 
         kw = dict(progress=progress, checkpoint=ckpt, resume=True)
@@ -260,7 +274,9 @@ class Runner:
         return {
             "claim": run.claims[0] if run.claims else "", "claims": run.claims, "run": run.id,
             "method": run.method, "objective": objective_of(cfg)["name"] if run.method != "random" else "none",
-            "objective_detail": objective_of(cfg), "init": "xavier_uniform" if run.method == "dense" else spec.init,
+            "objective_detail": objective_of(cfg),
+            "init": {"dense": "xavier_uniform", "finetune": spec.init,
+                     "prune_trained": "trained-dense"}.get(run.method, spec.init),
             "width": spec.width, "k": 1.0 if run.method == "dense" else k,
             "iterations": 0 if run.method == "random" else cfg.iterations, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "ama": cfg.ama, "dense_layers": dense, "from": run.source,
@@ -269,10 +285,21 @@ class Runner:
             **{k: metrics[k] for k in RESULT_KEYS}, "eval_features": metrics["features"],
             "seconds": round(prior + seconds - spent_eval, 1) if run.method != "random" else 0.0,
             "resumed_from": resumed_from, "device": _device_name(self.device), "eval_version": EVAL_VERSION,
+            "from_sha256": _sha256(source) if source else None,
             "grid": str(grid_path.relative_to(self.docs)), "artifact": str(self.artifact(ds_name, run.id)),
             "losses": _thin(losses, 200), "selection": selection,
             "search": asdict(cfg), "base": asdict(spec),
         }
+
+    def same_settings(self, ds_name: str, run: Run, rec: dict) -> bool:
+        """Whether a record was made by this run as the suite now defines it."""
+        now = json.loads(json.dumps({"search": asdict(run.config()), "base": asdict(run.spec())}))
+        if (rec.get("search"), rec.get("base"), rec.get("method"), rec.get("from")) != (
+                now["search"], now["base"], run.method, run.source):
+            return False
+        src = self.artifact(ds_name, run.source) if run.source else None
+        # a run built on another one is stale when that one was run again
+        return src is None or rec.get("from_sha256") in (None, _sha256(src))
 
     def _generator(self, ds_name: str, run: Run):
         """The generator a run's kept artifact defines (a ticket, or trained weights)."""
@@ -356,6 +383,12 @@ class Runner:
         plot_suite(self.suite, records, self.docs / "images" / self.suite.name)
 
 
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _thin(losses: list[tuple[int, float]], n: int) -> list[list[float]]:
     step = max(1, math.ceil(len(losses) / n))
     pts = losses[::step] + (losses[-1:] if losses and (len(losses) - 1) % step else [])
@@ -427,16 +460,23 @@ def plot_suite(suite: Suite, records: list[dict], out: Path) -> None:
         if not rows:
             continue
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+        randoms = sorted((r for r in records if claim in r["claims"] and r["method"] == "random"),
+                         key=lambda r: r[key])
         for ds in dict.fromkeys(r["dataset"] for r in rows):
             rr = [r for r in rows if r["dataset"] == ds]
             x = [r[key] for r in rr]
-            ax[0].errorbar(x, [r["kid"] for r in rr], yerr=[r["kid_std"] for r in rr], marker="o", label=ds)
-            ax[1].plot(x, [r["fid"] for r in rr], marker="o", label=ds)
+            ax[0].errorbar(x, [r["kid"] for r in rr], yerr=[r["kid_std"] for r in rr], marker="o",
+                           label=f"{ds} edge-popup")
+            ax[1].plot(x, [r["fid"] for r in rr], marker="o", label=f"{ds} edge-popup")
             ax[2].plot(x, [r["precision"] for r in rr], marker="o", label=f"{ds} precision")
             ax[2].plot(x, [r["recall"] for r in rr], marker="s", ls="--", label=f"{ds} recall")
-        for r in records:  # the random-mask reference at k=0.1 on the same base
-            if r["method"] == "random" and claim == "k_sweep":
-                ax[0].axhline(r["kid"], color="grey", ls=":", lw=0.8)
+            rnd = [r for r in randoms if r["dataset"] == ds]
+            if rnd:  # random pruning of the same base at the same k, a series of its own
+                xr = [r[key] for r in rnd]
+                ax[0].errorbar(xr, [r["kid"] for r in rnd], yerr=[r["kid_std"] for r in rnd], marker="x",
+                               ls=":", label=f"{ds} random pruning")
+                ax[1].plot(xr, [r["fid"] for r in rnd], marker="x", ls=":", label=f"{ds} random pruning")
+        ax[0].legend(fontsize=7)
         ax[0].set(xlabel=xlabel, ylabel="KID (held-out)", title=f"KID vs {key}")
         ax[1].set(xlabel=xlabel, ylabel="FID (held-out)", title=f"FID vs {key}")
         ax[2].set(xlabel=xlabel, ylabel=f"k={suite.eval['pr_k']} NN", title="precision / recall")

@@ -98,6 +98,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What a stored config without the session-5 fields meant: every preset then took a per-layer
+# mean with population variances, bias scores U(-0.1, 0.1) and one joint global threshold.
+LEGACY_OBJECTIVE = dict(reduction="layer-mean", unbiased_var=False, bias_score_range=0.1,
+                        global_threshold="joint")
+
+
+def config_from_record(stored: dict) -> SearchConfig:
+    """The SearchConfig of a stored `asdict(config)` (a job record, a checkpoint), read as it
+    meant when it was written, so an older job resumes the search it started."""
+    if "reduction" not in stored:
+        stored = {**LEGACY_OBJECTIVE, **stored}
+    return config_from(None, **stored)
+
+
 def config_from(preset: str | None = None, **overrides) -> SearchConfig:
     """A preset's settings with explicit overrides (None values ignored)."""
     if preset is not None and preset not in PRESETS:
@@ -271,7 +285,7 @@ def _mask_meta(spec: BaseSpec, sha: str, cfg: SearchConfig, domain: str, dataset
                 metrics=json.dumps(metrics, sort_keys=True), dense_layers=json.dumps(list(cfg.dense_layers)),
                 search=json.dumps(asdict(cfg), sort_keys=True),
                 objective=json.dumps(objective_of(cfg) if trained else {"name": "none"}, sort_keys=True),
-                precision=precision_of(cfg, device) if trained else "none")
+                search_precision=precision_of(cfg, device) if trained else "none")
 
 
 def _finish_mask(g: Generator, pruner: Pruner, spec: BaseSpec, sha: str, cfg: SearchConfig,
@@ -399,7 +413,7 @@ def _train_weights(g: Generator, spec: BaseSpec, cfg: SearchConfig, dataset, kin
     final = losses[-1][1] if losses else float("nan")
     data = encode_weights(g, spec, {"kind": kind, "features": extractor.name,
                                     "objective": json.dumps(objective_of(cfg), sort_keys=True),
-                                    "precision": precision_of(cfg, device),
+                                    "search_precision": precision_of(cfg, device),
                                     "dataset_sha256": dataset.dataset_sha256,
                                     "iterations": cfg.iterations, "final_loss": final,
                                     "search": json.dumps(asdict(cfg), sort_keys=True), **extra})
@@ -416,7 +430,8 @@ def train_dense(spec: BaseSpec, cfg: SearchConfig, dataset, device: str = "cpu",
 
 def finetune(mask: MaskFile, cfg: SearchConfig, dataset, device: str = "cpu",
              base: Generator | None = None, **kw) -> SearchResult:
-    """Fine-tune the kept weights of a found ticket with the same loss (pruned ones stay zero).
+    """Fine-tune the kept weights (and BatchNorm affine, as the dense baseline trains it) of a
+    found ticket with the same loss; pruned weights stay zero.
     `base`: the trained weights a `--from-weights` mask prunes."""
     from trainer.ticket import spec_of
 

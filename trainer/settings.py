@@ -15,6 +15,13 @@ def parse_base(value: str | dict | None) -> BaseSpec:
     """SLT_BASE: JSON ({"width": 0.25, "init": "signed_constant", "seed": 0}) or
     `key=value` pairs (`width=0.25,init=signed_constant,seed=0`); unset means the paper's GFMN.
     The service serves this base and the CLI's base options default to it."""
+    try:
+        return _parse_base(value)
+    except (TypeError, ValueError) as e:  # wrong types in JSON, unknown keys, bad numbers
+        raise ValueError(f"SLT_BASE={value!r} is not a base ({e}); e.g. width=0.25,init=signed_constant,seed=0") from e
+
+
+def _parse_base(value: str | dict | None) -> BaseSpec:
     if value is None or value == "":
         return BaseSpec()
     if isinstance(value, dict):

@@ -232,7 +232,10 @@ class Pruner:
         total = sum(s.numel() for _, _, s in self._scores_of(which))
         frozen = total - flat.numel()
         # with layer-freeze the non-dense part keeps what makes the whole group keep k
-        kept = max(0, n_keep_global(total, self.k) - frozen) if len(which) == 1 else self.kept_total - frozen
+        kept = n_keep_global(total, self.k) - frozen if len(which) == 1 else self.kept_total - frozen
+        if kept < 0:
+            raise ValueError(f"the dense layers alone hold {frozen} of {total} {which[0]} scores, more "
+                             f"than k={self.k} keeps; raise k or freeze fewer layers")
         if kept >= flat.numel():
             thr = flat.min() - 1
         else:

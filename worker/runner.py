@@ -24,7 +24,7 @@ from celery import Celery
 from trainer.data import DatasetError, ImageDataset, open_dataset
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog
-from trainer.search import Progress, SearchCancelled, config_from, search
+from trainer.search import Progress, SearchCancelled, config_from_record, search
 from trainer.settings import resolve_device
 from worker.app import LOW_PRIORITY
 from worker.broker import connect
@@ -232,7 +232,7 @@ class SearchRun:
 
     def _search(self, job: dict, reporter: Reporter, stop: StopCheck) -> bytes:
         ds = StoppableDataset(self.ctx.open_dataset(job["dataset"]), stop)
-        cfg = config_from(None, **job["config"])
+        cfg = config_from_record(job["config"])
         res = search(BaseSpec.from_dict(job["base"]), cfg, ds, domain=job["domain"],
                      device=self.ctx.device, progress=reporter, cancel=stop,
                      checkpoint=self.job_dir / "checkpoint.pt", resume=True,

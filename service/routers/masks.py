@@ -56,6 +56,10 @@ class MaskInfo(BaseModel):
     base_sha256: str | None = None
     dataset_sha256: str | None = None
     features: str | None = None
+    objective: Any = Field(None, description=(
+        'what the search optimised, e.g. {"name": "eq3", "reduction": "sum", "ama": true, ...} '
+        '(the paper\'s Eq. 3) or {"name": "layer-normalised", "reduction": "layer-mean", ...}'))
+    search_precision: str | None = None  # fp32, or bf16-autocast (CUDA); "none" for a random mask
     iterations: Any = None
     created: str | None = None
     metrics: Any = None

@@ -162,6 +162,19 @@ def test_reproduce_resumes_after_kill_9_without_redoing_finished_runs(emoji_goog
     assert "## k_sweep" in table and "| emoji | long | global |" in table
     assert (docs / "images" / "tiny" / "k_sweep.png").is_file() and (docs / "images" / "tiny" / "loss.png").is_file()
 
+    # a run whose settings changed since it ran is run again; the others are kept
+    suite.write_text(TINY.replace("{long}", "40").replace('id = "dense"\nmethod = "dense"',
+                                                          'id = "dense"\nmethod = "dense"\niterations = 2'))
+    kept = (runs / "long.json").read_bytes()
+    proc = _start(suite, data, out, docs, home, log2)
+    proc.wait(timeout=400)
+    err = log2.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "dense: its settings changed since it ran" in err and "long: finished before, kept" in err
+    assert json.loads((runs / "dense.json").read_text())["iterations"] == 2
+    assert "pruned: its settings changed since it ran" in err  # built on the dense run: redone too
+    assert (runs / "long.json").read_bytes() == kept
+
 
 def test_suite_errors_are_found_before_any_run(tmp_path):
     bad = tmp_path / "bad.toml"
@@ -173,6 +186,10 @@ def test_suite_errors_are_found_before_any_run(tmp_path):
         load_suite(str(bad))
     bad.write_text('[[run]]\nid = "a"\nmethod = "local"\nk = 1.5\n')
     with pytest.raises(ValueError, match="KEPT"):
+        load_suite(str(bad))
+    bad.write_text('[[run]]\nid = "a"\nmethod = "local"\n[[run]]\nid = "ft"\nmethod = "finetune"\n'
+                   'from = "a"\ndatasets = "all"\n')
+    with pytest.raises(ValueError, match="covers datasets"):
         load_suite(str(bad))
     with pytest.raises(ValueError, match="no suite"):
         load_suite("nonesuch")

@@ -347,7 +347,7 @@ def test_masks_record_objective_and_precision(emoji64, cache):
     assert json.loads(meta["objective"]) == {"name": "eq3", "reduction": "sum", "layer_norm": False,
                                              "var_weight": 1.0, "variance": "unbiased", "ama": False,
                                              "ama_lr": None}
-    assert meta["precision"] == "fp32"  # CPU never autocasts
+    assert meta["search_precision"] == "fp32"  # CPU never autocasts
     demo = search(SPEC, config_from("demo", features="random", iterations=2, batch_size=4, bn_batches=2,
                                     preview_every=0), ds, cache_dir=cache)
     assert json.loads(decode_mask(demo.data).meta["objective"])["name"] == "layer-normalised"
@@ -370,3 +370,30 @@ def test_cli_base_defaults_to_the_served_base(monkeypatch):
         assert _spec(build_parser().parse_args(["search", "--dataset", "d", "--out", "o"])) == BaseSpec()
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_objective_and_precision_flags_reach_the_config():
+    from trainer.cli import _config, build_parser
+
+    a = build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--preset", "demo",
+                                   "--reduction", "sum", "--no-layer-norm", "--unbiased-var",
+                                   "--bias-score-range", "1", "--global-threshold", "separate", "--no-amp"])
+    cfg = _config(a)
+    assert (cfg.reduction, cfg.layer_norm, cfg.unbiased_var, cfg.bias_score_range, cfg.global_threshold,
+            cfg.amp) == ("sum", False, True, 1.0, "separate", False)
+    assert _config(build_parser().parse_args(["search", "--dataset", "d", "--out", "o", "--amp"])).amp is True
+
+
+def test_a_stored_config_from_before_eq3_resumes_the_search_it_started():
+    """Job records written before the paper objective became Eq. 3 meant a per-layer mean."""
+    from dataclasses import asdict
+
+    from trainer.search import config_from_record
+
+    old = asdict(config_from("fast"))
+    for key in ("reduction", "unbiased_var", "bias_score_range", "global_threshold"):
+        old.pop(key)
+    cfg = config_from_record(old)
+    assert (cfg.reduction, cfg.unbiased_var, cfg.bias_score_range, cfg.global_threshold) == (
+        "layer-mean", False, 0.1, "joint")
+    assert config_from_record(asdict(config_from("paper"))) == config_from("paper")

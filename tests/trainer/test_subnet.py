@@ -80,6 +80,17 @@ def test_global_ranks_weights_and_biases_apart_as_released(k):
     assert kept_bias == pytest.approx(k * bias.size, abs=1)  # not every bias, as one joint threshold would keep
 
 
+def test_global_separate_keeps_exactly_k_of_each_group_under_ties():
+    g = quantised(step=1e-2)
+    scores = all_scores(g)
+    masks = Pruner(g, 0.1, "global").binary_masks()
+    for kind in ("weight", "bias"):
+        names = [n for n in scores if n.endswith("." + kind)]
+        total = sum(scores[n].size for n in names)
+        kept = sum(int(masks[n].sum()) for n in names)
+        assert kept == total - int(np.ceil(0.9 * total - 1e-9)), kind
+
+
 def quantised(seed=0, step=1e-3):
     """Scores rounded to a coarse grid, so thousands tie at every threshold (as float32 scores
     do, more rarely, at millions of weights)."""
