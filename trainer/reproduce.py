@@ -218,6 +218,9 @@ class Runner:
         # the claims a run serves are the suite's to say, even for a run kept from before
         records = [{**json.loads(self.record_path(ds, run).read_text()), "claims": run.claims,
                     "claim": run.claims[0] if run.claims else ""} for ds, run in plan]
+        for r in records:  # a pruned trained model's base is the dense run's weights, not a random init
+            if r["method"] == "prune_trained":
+                r["init"] = "trained-dense"
         self.write_results(records)
         return records
 
