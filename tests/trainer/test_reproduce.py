@@ -100,6 +100,8 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float, log: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # three suite processes; about 3 min alone on 2 cores, far more on a busy host
 def test_reproduce_resumes_after_kill_9_without_redoing_finished_runs(emoji_google_dir, tmp_path):
     data = copy_images(emoji_google_dir, tmp_path / "emoji", n=120)  # a held-out split of about 12
     suite = tmp_path / "tiny.toml"
