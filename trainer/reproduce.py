@@ -218,9 +218,8 @@ class Runner:
         # the claims a run serves are the suite's to say, even for a run kept from before
         records = [{**json.loads(self.record_path(ds, run).read_text()), "claims": run.claims,
                     "claim": run.claims[0] if run.claims else ""} for ds, run in plan]
-        for r in records:  # a pruned trained model's base is the dense run's weights, not a random init
-            if r["method"] == "prune_trained":
-                r["init"] = "trained-dense"
+        for r in records:  # records written before the label existed take it too
+            r["init"] = _init_label(r["method"], r["init"])
         self.write_results(records)
         return records
 
@@ -228,7 +227,7 @@ class Runner:
 
     def run_one(self, ds_name: str, run: Run) -> dict:
         from trainer.masks import decode_mask
-        from trainer.search import finetune, random_mask, search, train_dense
+        from trainer.search import SearchResult, finetune, random_mask, search, train_dense
 
         ds, cfg, spec = self.dataset(ds_name), run.config(), run.spec()
         self.run_dir(ds_name).mkdir(parents=True, exist_ok=True)
@@ -245,29 +244,26 @@ class Runner:
 
         def progress(p) -> None:
             nonlocal spent_eval
-            if run.select_every and (p.iteration % run.select_every == 0 or p.iteration == p.iterations):
+            selected = run.select_every and (p.iteration % run.select_every == 0 or p.iteration == p.iterations)
+            if selected:
                 t = time.monotonic()
                 selection.append({"iteration": p.iteration, **self._select_point(p.snapshot(), ds)})
                 spent_eval += time.monotonic() - t
-                write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection,
-                                                "seconds": prior + p.elapsed_s - spent_eval}).encode())
-            elif p.iteration % 10 == 0:
+            if selected or p.iteration % 10 == 0:
                 write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection,
                                                 "seconds": prior + p.elapsed_s - spent_eval}).encode())
 
         kw = dict(progress=progress, checkpoint=ckpt, resume=True)
         source = self.artifact(ds_name, run.source) if run.source else None
         if run.method == "random":
-            data, seconds, losses = random_mask(spec, cfg, ds.dataset_sha256, ds.name, self.device), 0.0, []
+            res = SearchResult(random_mask(spec, cfg, ds.dataset_sha256, ds.name, self.device), float("nan"), 0.0)
         elif run.method in ("local", "global", "gradual", "prune_trained"):
             res = search(spec, cfg, ds, domain=ds.name, device=self.device, from_weights=source, **kw)
-            data, seconds, losses = res.data, res.seconds, res.losses
         elif run.method == "dense":
             res = train_dense(spec, cfg, ds, device=self.device, **kw)
-            data, seconds, losses = res.data, res.seconds, res.losses
         else:  # finetune
             res = finetune(decode_mask(source.read_bytes()), cfg, ds, device=self.device, **kw)
-            data, seconds, losses = res.data, res.seconds, res.losses
+        data, seconds, losses = res.data, res.seconds, res.losses
         write_atomic(self.artifact(ds_name, run.id), data)
         g = self._generator(ds_name, run)
         metrics = self._evaluate(g, ds)
@@ -280,8 +276,7 @@ class Runner:
             "claim": run.claims[0] if run.claims else "", "claims": run.claims, "run": run.id,
             "method": run.method, "objective": objective_of(cfg)["name"] if run.method != "random" else "none",
             "objective_detail": objective_of(cfg),
-            "init": {"dense": "xavier_uniform", "finetune": spec.init,
-                     "prune_trained": "trained-dense"}.get(run.method, spec.init),
+            "init": _init_label(run.method, spec.init),
             "width": spec.width, "k": 1.0 if run.method == "dense" else k,
             "iterations": 0 if run.method == "random" else cfg.iterations, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "ama": cfg.ama, "dense_layers": dense, "from": run.source,
@@ -386,6 +381,12 @@ class Runner:
         write_atomic(results / f"{self.suite.name}.json", json.dumps(doc, indent=1).encode())
         write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records).encode())
         plot_suite(self.suite, records, self.docs / "images" / self.suite.name)
+
+
+def _init_label(method: str, base_init: str) -> str:
+    """What a run's weights started from: the dense model's Xavier init, the trained dense
+    weights a pruned trained model selects from, or the random base's init."""
+    return {"dense": "xavier_uniform", "prune_trained": "trained-dense"}.get(method, base_init)
 
 
 def _sha256(path: Path) -> str | None:
