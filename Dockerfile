@@ -77,6 +77,7 @@ COPY ${DEMO_DATA}/ /opt/slt/demo-datasets/
 COPY docker/entrypoint.sh docker/healthcheck.py docker/seed_demo.py /opt/slt/bin/
 COPY pyproject.toml /opt/slt/app/
 COPY trainer /opt/slt/app/trainer
+COPY store /opt/slt/app/store
 COPY worker /opt/slt/app/worker
 COPY service /opt/slt/app/service
 RUN python3 -m compileall -q /opt/slt/app && chmod 0755 /opt/slt/bin/*

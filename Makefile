@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check trainer worker service tests bench
+	$(BIN)/ruff check trainer store worker service tests bench
 
 # The demo datasets (real emoji PNGs, via `npm pack`) into $(SLT_HOME)/datasets; idempotent.
 data: install

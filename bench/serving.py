@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.settings import Settings  # noqa: E402
 from service.state import AppState  # noqa: E402
+from store.connection import EmbeddedRedis  # noqa: E402
 from trainer.generator import latents  # noqa: E402
 from trainer.search import SearchConfig, random_mask  # noqa: E402
-from worker.broker import EmbeddedRedis  # noqa: E402
 
 log = logging.getLogger("bench.serving")
 

@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from store.settings import DATASET_NAME
 from trainer.data import DatasetError, open_dataset
-from worker.settings import DATASET_NAME
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ import torch
 from torch.func import functional_call
 
 from service.metrics import ServingMetrics, job_counts
+from store.connection import connect
+from store.domains import CHANNEL, DomainRegistry
 from trainer.generator import base_sha256, build_base, latents
 from trainer.masks import MaskError, MaskFile, check_base, check_shapes, decode_mask
 from trainer.settings import resolve_device
 from trainer.ticket import to_uint8
-from worker.broker import connect
-from worker.domains import CHANNEL, DomainRegistry
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import redis
 from kombu.exceptions import OperationalError
 
 from service.settings import Settings
+from store.jobs import JobStore, search_config
 from worker.app import LOW_PRIORITY, producer
-from worker.jobs import JobStore, search_config
 from worker.queue import QUEUE, STATS_TASK, submit_search
 
 # Redis unreachable, through redis-py (records) or through kombu (messages)

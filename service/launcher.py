@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 from service.settings import Settings, get_settings
-from worker.broker import EmbeddedRedis, die_with_parent, local_redis
+from store.connection import EmbeddedRedis, die_with_parent, local_redis
 
 log = logging.getLogger("slt.launcher")
 

@@ -26,7 +26,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 def job_counts(client) -> dict[str, int]:
     """Jobs by status, from the worker's job records (one pipelined HGET per job)."""
-    from worker.jobs import ALL, JobStore
+    from store.jobs import ALL, JobStore
 
     ids = client.zrange(ALL, 0, -1)
     with client.pipeline(transaction=False) as p:

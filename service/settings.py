@@ -1,7 +1,7 @@
 """The service's one typed settings object (environment variables SLT_*).
 
 What the worker needs too (home, Redis, device, base, job limits) is declared once in
-`worker.settings.WorkerSettings`; this class adds what only the API and the launcher use.
+`store.settings.SharedSettings`; this class adds what only the API and the launcher use.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from worker.settings import WorkerSettings, parse_base
+from store.settings import SharedSettings, parse_base
 
 __all__ = ["Settings", "get_settings", "parse_base"]
 
 
-class Settings(WorkerSettings):
+class Settings(SharedSettings):
     admin_token: str | None = None
     host: str = "127.0.0.1"  # `python -m service` listens here
     port: int = Field(8000, ge=1, le=65535)

@@ -5,9 +5,9 @@ import logging
 
 from service.jobs import JobQueue
 from service.settings import Settings
+from store.connection import EmbeddedRedis, connect, local_redis
+from store.domains import DomainRegistry, MaskBlobs
 from trainer.masks import MaskCatalog
-from worker.broker import EmbeddedRedis, connect, local_redis
-from worker.domains import DomainRegistry, MaskBlobs
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from store.connection import EmbeddedRedis, connect, free_port
+from store.jobs import TERMINAL, JobStore
 from trainer.masks import decode_mask
-from worker.broker import EmbeddedRedis, connect, free_port
-from worker.jobs import TERMINAL, JobStore
 
 TOKEN = "test-admin-token"
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 
-from worker.settings import get_settings
+from store.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None
     url = settings.redis_url
     if not url:
-        from worker.broker import local_redis
+        from store.connection import local_redis
 
         url, embedded = local_redis(settings.redis_dir)
     from worker.app import app, celery_config

@@ -7,7 +7,7 @@ process runs one task (solo pool).
 Redis redelivers a message that stays unacknowledged past the visibility timeout (12 h), and
 a search may run far longer (SLT_JOB_TIME_LIMIT_S, 7 days by default), so a long search's
 message is handed out again while it still runs. That is harmless: a delivery first takes
-the job's lease (worker.jobs), and a redelivered task for a job whose lease is alive, or
+the job's lease (store.jobs), and a redelivered task for a job whose lease is alive, or
 which has already ended, does nothing and is acknowledged.
 
 Recovery from a worker killed outright (kill -9, a lost host) does not come from Redis or
@@ -24,7 +24,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from worker.settings import WorkerSettings, get_settings
+from store.settings import SharedSettings, get_settings
 
 QUEUE = "slt"
 # an unacknowledged message comes back after this long; shorter than a long search, which
@@ -35,10 +35,10 @@ VISIBILITY_TIMEOUT_S = 12 * 3600
 RESUME_PRIORITY, SEARCH_PRIORITY, LOW_PRIORITY = 0, 3, 9
 
 
-def redis_url(settings: WorkerSettings) -> str:
+def redis_url(settings: SharedSettings) -> str:
     """SLT_REDIS_URL, else the embedded redis of this SLT_HOME (started by `make run` or
     `python -m worker`)."""
-    from worker.broker import running_embedded
+    from store.connection import running_embedded
 
     url = settings.redis_url or running_embedded(settings.redis_dir)
     if not url:

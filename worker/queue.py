@@ -9,9 +9,9 @@ import uuid
 import redis
 from celery import Celery
 
+from store.jobs import JobStore, search_config
+from store.settings import SharedSettings
 from worker.app import QUEUE, RESUME_PRIORITY, SEARCH_PRIORITY
-from worker.jobs import JobStore, search_config
-from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def send_search(app: Celery, store: JobStore, job_id: str, resume: bool = False)
     return task_id
 
 
-def submit_search(app: Celery, store: JobStore, settings: WorkerSettings, *, domain: str,
+def submit_search(app: Celery, store: JobStore, settings: SharedSettings, *, domain: str,
                   dataset: str, preset: str | None, overrides: dict, promote: bool) -> dict:
     """Record a new search job on the served base and send it; ValueError for bad settings."""
     config = search_config(preset, overrides, settings)

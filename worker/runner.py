@@ -21,17 +21,17 @@ from functools import lru_cache
 import redis
 from celery import Celery
 
+from store.connection import connect
+from store.domains import DomainRegistry, MaskBlobs
+from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Lease
+from store.settings import SharedSettings, get_settings
 from trainer.data import DatasetError, ImageDataset, open_dataset
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog
 from trainer.search import Progress, SearchCancelled, config_from_record, search
 from trainer.settings import resolve_device
 from worker.app import LOW_PRIORITY
-from worker.broker import connect
-from worker.domains import DomainRegistry, MaskBlobs
-from worker.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Lease
 from worker.queue import EVALUATE_TASK, QUEUE, send_search
-from worker.settings import WorkerSettings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Context:
     """A worker process's long-lived objects."""
 
     app: Celery
-    settings: WorkerSettings
+    settings: SharedSettings
     client: redis.Redis
     store: JobStore
     catalog: MaskCatalog
@@ -53,7 +53,7 @@ class Context:
     owner: str  # host:pid, written into leases and job records
 
     @classmethod
-    def for_app(cls, app: Celery, settings: WorkerSettings | None = None) -> Context:
+    def for_app(cls, app: Celery, settings: SharedSettings | None = None) -> Context:
         settings = settings or get_settings()
         client = connect(app.conf.broker_url)
         return cls(app, settings, client, JobStore(client), MaskCatalog(settings.masks_dir),

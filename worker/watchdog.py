@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from worker.jobs import QUEUED, RUNNING
+from store.jobs import QUEUED, RUNNING
 from worker.queue import pending_job_ids, send_search
 from worker.runner import Context
 

@@ -24,7 +24,7 @@ from service.uploads import (
     install_upload,
     receive_form,
 )
-from worker.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
+from store.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["datasets"])

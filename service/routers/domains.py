@@ -12,8 +12,8 @@ from service.deps import get_engine, get_state
 from service.engine import Engine, UnknownMask
 from service.openapi import ADMIN, errors
 from service.state import AppState
+from store.domains import DOMAIN_NAME
 from trainer.masks import MASK_ID, ForeignMaskError, MaskError
-from worker.domains import DOMAIN_NAME
 
 router = APIRouter(tags=["domains"])
 

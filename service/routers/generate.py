@@ -25,9 +25,9 @@ from service.engine import (
     UnknownDomain,
 )
 from service.openapi import errors
+from store.domains import DOMAIN_NAME
 from trainer.masks import ForeignMaskError, MaskError
 from trainer.ticket import grid
-from worker.domains import DOMAIN_NAME
 
 router = APIRouter(tags=["generate"])
 

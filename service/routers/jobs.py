@@ -11,10 +11,10 @@ from service.deps import get_state
 from service.jobs import BROKER_ERRORS, JobQueue
 from service.openapi import ADMIN, errors
 from service.state import AppState
+from store.domains import DOMAIN_NAME, check_domain_name
+from store.jobs import STATUSES
+from store.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
 from trainer.search import PRESETS
-from worker.domains import DOMAIN_NAME, check_domain_name
-from worker.jobs import STATUSES
-from worker.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
 
 router = APIRouter(tags=["jobs"])
 

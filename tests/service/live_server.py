@@ -19,11 +19,11 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings, parse_base
+from store.connection import free_port
 from trainer.generator import BaseSpec
 from trainer.masks import decode_mask
 from trainer.search import SearchConfig, random_mask
 from trainer.ticket import build_ticket, generate, grid
-from worker.broker import free_port
 
 TINY = "width=0.0625"  # channels 64..4: a full forward pass takes milliseconds
 TOKEN = "test-admin-token"

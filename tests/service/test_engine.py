@@ -14,9 +14,9 @@ from live_server import THREADS, make_mask, reference, settings_for
 
 from service.engine import Saturated, UnknownDomain, UnknownMask
 from service.state import AppState
+from store.connection import EmbeddedRedis
 from trainer.generator import latents
 from trainer.masks import ForeignMaskError, MaskError
-from worker.broker import EmbeddedRedis
 
 
 def mid(data: bytes) -> str:

@@ -27,9 +27,9 @@ from live_server import (
 )
 from PIL import Image
 
+from store.connection import EmbeddedRedis, connect
+from store.domains import DomainRegistry, MaskBlobs
 from trainer.masks import MaskCatalog, decode_mask
-from worker.broker import EmbeddedRedis, connect
-from worker.domains import DomainRegistry, MaskBlobs
 
 DOMAINS = {"alpha": (0.5, 1), "beta": (0.3, 2), "gamma": (0.7, 3)}  # name -> (k, seed)
 

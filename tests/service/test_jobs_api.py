@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from slt_stack import Stack, assert_catalog_intact, copy_images
 
+from store.domains import DomainRegistry
 from trainer.data import open_dataset
 from trainer.generator import BaseSpec, base_sha256, build_base
 from trainer.masks import decode_mask
 from trainer.metrics.inception import SAFETENSORS_NAME, load_inception_state
 from trainer.settings import TrainerSettings
-from worker.domains import DomainRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.launcher import admin_token
 from service.settings import Settings
-from worker.broker import free_port
+from store.connection import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from live_server import TOKEN, LiveServer, make_mask, settings_for
 
-from worker.broker import EmbeddedRedis
+from store.connection import EmbeddedRedis
 
 
 @pytest.fixture(scope="module")

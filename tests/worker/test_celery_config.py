@@ -2,8 +2,8 @@
 visibility timeout), as the worker app really resolves them; no broker is contacted."""
 from __future__ import annotations
 
+from store.settings import SharedSettings, get_settings
 from worker.app import VISIBILITY_TIMEOUT_S, celery_config, make_app
-from worker.settings import WorkerSettings, get_settings
 
 URL = "redis://127.0.0.1:1/0"  # never connected to: reading the configuration is enough
 
@@ -20,7 +20,7 @@ def test_worker_app_is_configured_for_long_tasks():
     assert vt == VISIBILITY_TIMEOUT_S == celery_config(URL)["broker_transport_options"]["visibility_timeout"]
     # hours, so Redis itself rarely redelivers, and far past a lease, so a dead worker's job is
     # recovered by the watchdog (after SLT_LEASE_S) long before Redis would hand it out again
-    lease_s = WorkerSettings.model_fields["lease_s"].default
+    lease_s = SharedSettings.model_fields["lease_s"].default
     assert 3600 <= vt and vt >= 100 * lease_s
 
 

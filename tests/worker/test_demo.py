@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from store.connection import EmbeddedRedis, connect
+from store.domains import DomainRegistry, MaskBlobs
+from store.jobs import JobStore
+from store.settings import SharedSettings, parse_base
 from trainer.data import open_dataset
 from trainer.evaluate import generated_images, real_features
 from trainer.generator import BaseSpec, base_sha256, build_base
@@ -17,12 +21,8 @@ from trainer.metrics.embed import load_eval_embedder
 from trainer.search import config_from, random_mask
 from trainer.ticket import build_ticket
 from worker.app import producer
-from worker.broker import EmbeddedRedis, connect
 from worker.demo import DEMO_DATASETS, SHIPPED, queue_demo_jobs, seed_shipped_masks
-from worker.domains import DomainRegistry, MaskBlobs
-from worker.jobs import JobStore
 from worker.runner import Context
-from worker.settings import WorkerSettings, parse_base
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def redis_url(tmp_path_factory):
 
 @pytest.fixture
 def ctx(redis_url, tmp_path: Path) -> Context:
-    settings = WorkerSettings(home=tmp_path / "home", base="width=0.0625", search_features="random")
+    settings = SharedSettings(home=tmp_path / "home", base="width=0.0625", search_features="random")
     client = connect(redis_url)
     client.flushdb()
     for name in DEMO_DATASETS:

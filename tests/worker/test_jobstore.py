@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from store.connection import EmbeddedRedis, connect
+from store.jobs import JobStore, search_config
+from store.settings import SharedSettings
 from worker.app import QUEUE, producer
-from worker.broker import EmbeddedRedis, connect
-from worker.jobs import JobStore, search_config
 from worker.queue import pending_job_ids, send_search
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,11 @@ def store(redis_url):
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> WorkerSettings:
-    return WorkerSettings(home=tmp_path, search_features="random", checkpoint_every_s=2.5)
+def settings(tmp_path: Path) -> SharedSettings:
+    return SharedSettings(home=tmp_path, search_features="random", checkpoint_every_s=2.5)
 
 
-def new_job(store: JobStore, settings: WorkerSettings, **kw) -> dict:
+def new_job(store: JobStore, settings: SharedSettings, **kw) -> dict:
     return store.create(domain="d", dataset="ds", preset="demo",
                         config=search_config("demo", {"iterations": 10}, settings),
                         base={"width": 0.0625}, promote=True, time_limit_s=kw.get("time_limit_s", 60))
@@ -97,7 +97,7 @@ def test_only_the_lease_holder_writes_progress_and_results(store, settings):
 
 
 def test_loss_points_are_bounded(store, settings):
-    from worker.jobs import LOSS_POINTS
+    from store.jobs import LOSS_POINTS
 
     job_id = new_job(store, settings)["job_id"]
     lease = store.lease(job_id, "w", ttl_s=5)

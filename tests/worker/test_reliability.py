@@ -11,11 +11,11 @@ import pytest
 import torch
 from slt_stack import Stack, assert_catalog_intact, copy_images
 
+from store.domains import DomainRegistry
+from store.jobs import search_config
+from store.settings import SharedSettings
 from worker.app import QUEUE, producer
-from worker.domains import DomainRegistry
-from worker.jobs import search_config
 from worker.queue import JOB_HEADER, SEARCH_TASK, send_search
-from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(stack: Stack):
 
 def test_watchdog_resends_a_lost_message_and_time_limits_fail_jobs(stack: Stack):
     live_workers(stack, 1)
-    settings = WorkerSettings(home=stack.home, search_features="random", checkpoint_every_s=0.5)
+    settings = SharedSettings(home=stack.home, search_features="random", checkpoint_every_s=0.5)
     cfg = lambda n: search_config("demo", {"iterations": n, "batch_size": 2}, settings)  # noqa: E731
     base = {"width": 0.0625}
     # a record whose message never reached the broker (lost with a worker or with Redis)

@@ -24,8 +24,8 @@ from dataclasses import asdict
 
 import redis
 
+from store.settings import SharedSettings
 from trainer.search import config_from
-from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ return 0
 """
 
 
-def search_config(preset: str | None, overrides: dict, settings: WorkerSettings) -> dict:
+def search_config(preset: str | None, overrides: dict, settings: SharedSettings) -> dict:
     """The full search settings of a new job: a preset, the caller's overrides and the
     operator's (checkpoint interval, feature override). Fixed at submission, so every attempt
     of the job, on any worker, resumes its checkpoint with exactly the same settings."""

@@ -1,4 +1,4 @@
-"""Settings the worker and the service share (environment variables SLT_*).
+"""Settings every process reads (environment variables SLT_*): the shared store, jobs, the base.
 
 The service's `Settings` extends this class with what only the API needs, so one name
 (SLT_HOME, SLT_REDIS_URL, SLT_BASE, SLT_LEASE_S, ...) means the same in every process.
@@ -28,7 +28,7 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-class WorkerSettings(BaseSettings):
+class SharedSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLT_", extra="ignore")
 
     home: Path = Path("./var")
@@ -98,5 +98,5 @@ class WorkerSettings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def get_settings() -> WorkerSettings:
-    return WorkerSettings()
+def get_settings() -> SharedSettings:
+    return SharedSettings()
