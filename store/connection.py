@@ -100,9 +100,14 @@ class EmbeddedRedis:
         self.stop()
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that decodes nothing (blobs are bytes); callers decode strings."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def connect(url: str, socket_timeout_s: float = 30.0) -> redis.Redis:
+    """A client that decodes nothing (blobs are bytes); callers decode strings. Connect and
+    socket timeouts: a Redis that hangs makes a call fail, never wait forever."""
+    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                socket_timeout=socket_timeout_s, health_check_interval=30)
 
 
 def running_embedded(root: Path) -> str | None:

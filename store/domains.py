@@ -1,20 +1,24 @@
-"""Domains and mask blobs in Redis: the state every API replica and worker shares.
+"""Domains in Redis: name -> active mask_id, with a history (newest first), a pinned flag and
+a version.
 
-A domain is a name -> active mask_id, with a history (newest first) and a pinned flag.
-Changes are published on `slt:domains` so every API process swaps at once. Finished masks
-are also stored as content-addressed blobs, so a host without a shared disk can fetch one
-by mask_id (and checks its sha256) into its own catalog.
+Every change takes a new version from one counter (`slt:domains:version`), larger than the
+record it replaces, and is published on `slt:domains` as `{"domain", "version"}` (with
+`"deleted": true` for a deletion), so an API replica applies a change at once and never lets
+an older record overwrite a newer one, whatever order messages and route replies come in.
+A deleted mask is announced on the same channel as `{"mask", "deleted": true}`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 
 import redis
 
 CHANNEL = "slt:domains"
+NAMES = "slt:domains"  # the set of domain names (a key, not the channel)
+VERSION = "slt:domains:version"
 DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 HISTORY = 50
 
@@ -26,7 +30,7 @@ def check_domain_name(name: str) -> str:
 
 
 class DomainRegistry:
-    """Active mask per domain, history, pinning; publishes every change."""
+    """Active mask per domain, history, pinning; versioned, and every change published."""
 
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -36,76 +40,112 @@ class DomainRegistry:
 
     def get(self, name: str) -> dict | None:
         raw = self.r.get(self._key(name))
-        return json.loads(raw) if raw else None
+        return _decode(raw)
 
     def active(self, name: str) -> str | None:
         d = self.get(name)
         return d["mask_id"] if d else None
 
     def names(self) -> list[str]:
-        return sorted(n.decode() for n in self.r.smembers("slt:domains"))
+        return sorted(n.decode() for n in self.r.smembers(NAMES))
 
     def all(self) -> list[dict]:
-        return [d for n in self.names() if (d := self.get(n)) is not None]
+        names = self.names()
+        with self.r.pipeline(transaction=False) as p:
+            for n in names:
+                p.get(self._key(n))
+            return [d for raw in p.execute() if (d := _decode(raw)) is not None]
+
+    def _change(self, name: str, edit: Callable[[dict | None], dict | None]) -> dict | None:
+        """Apply `edit` (old record or None -> new record, or None to delete) atomically, with
+        a version above the old one's; publish it. Returns the new (or deleted) record."""
+        key = self._key(name)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    old = _decode(pipe.get(key))
+                    new = edit(json.loads(json.dumps(old)) if old else None)
+                    if new is None and old is None:
+                        pipe.unwatch()
+                        return None
+                    version = int(self.r.incr(VERSION))  # outside the transaction: a number no one else gets
+                    while old and version <= old.get("version", 0):
+                        version = int(self.r.incr(VERSION))
+                    pipe.multi()
+                    if new is None:
+                        out = {**old, "version": version, "deleted": True}
+                        pipe.delete(key)
+                        pipe.srem(NAMES, name)
+                    else:
+                        out = {**new, "version": version, "updated": time.time()}
+                        pipe.set(key, json.dumps(out))
+                        pipe.sadd(NAMES, name)
+                    pipe.publish(CHANNEL, json.dumps({"domain": name, "version": version,
+                                                      **({"deleted": True} if new is None else {})}))
+                    pipe.execute()
+                    return out
+                except redis.WatchError:
+                    continue
 
     def promote(self, name: str, mask_id: str, by: str = "admin") -> dict:
         """Make `mask_id` the domain's active mask (promote or roll back); atomic, published."""
-        key = self._key(name)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    d = json.loads(raw) if raw else {"name": name, "mask_id": None, "history": [],
-                                                     "pinned": False}
-                    if d["mask_id"] != mask_id:
-                        d["history"] = ([{"mask_id": mask_id, "at": time.time(), "by": by}]
-                                        + d["history"])[:HISTORY]
-                    d["mask_id"] = mask_id
-                    d["updated"] = time.time()
-                    pipe.multi()
-                    pipe.set(key, json.dumps(d))
-                    pipe.sadd("slt:domains", name)
-                    pipe.publish(CHANNEL, json.dumps({"domain": name, "mask_id": mask_id}))
-                    pipe.execute()
-                    return d
-                except redis.WatchError:
-                    continue
+        def edit(d: dict | None) -> dict:
+            d = d or {"name": name, "mask_id": None, "history": [], "pinned": False}
+            if d["mask_id"] != mask_id:
+                d["history"] = ([{"mask_id": mask_id, "at": time.time(), "by": by}] + d["history"])[:HISTORY]
+            d["mask_id"] = mask_id
+            return d
+        return self._change(name, edit)
 
     def set_pinned(self, name: str, pinned: bool) -> dict:
-        key = self._key(name)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if not raw:
-                        raise KeyError(name)
-                    d = json.loads(raw)
-                    d["pinned"] = bool(pinned)
-                    pipe.multi()
-                    pipe.set(key, json.dumps(d))
-                    pipe.publish(CHANNEL, json.dumps({"domain": name, "mask_id": d["mask_id"],
-                                                      "pinned": d["pinned"]}))
-                    pipe.execute()
-                    return d
-                except redis.WatchError:
-                    continue
+        """KeyError if the domain does not exist."""
+        def edit(d: dict | None) -> dict:
+            if d is None:
+                raise KeyError(name)
+            return {**d, "pinned": bool(pinned)}
+        return self._change(name, edit)
+
+    def delete(self, name: str) -> dict | None:
+        """Remove a domain (its masks stay in the catalog); the deleted record with the
+        deletion's version, or None if there was none."""
+        return self._change(name, lambda d: None)
+
+    def references(self, mask_id: str) -> dict[str, list[str]]:
+        """Domains serving `mask_id` ("active") and those that may roll back to it ("history")."""
+        active, history = [], []
+        for d in self.all():
+            if d.get("mask_id") == mask_id:
+                active.append(d["name"])
+            elif any(h.get("mask_id") == mask_id for h in d.get("history", [])):
+                history.append(d["name"])
+        return {"active": active, "history": history}
+
+    def forget_mask(self, mask_id: str) -> list[dict]:
+        """Drop `mask_id` from every domain (before a forced delete): out of each history; a
+        domain serving it rolls back to its newest other entry, or is deleted if it has none.
+        Returns the changed and the deleted records."""
+        refs = self.references(mask_id)
+        out = []
+        for name in refs["active"] + refs["history"]:
+            def edit(d: dict | None) -> dict | None:
+                if d is None:
+                    return None
+                d["history"] = [h for h in d.get("history", []) if h.get("mask_id") != mask_id]
+                if d.get("mask_id") == mask_id:
+                    if not d["history"]:
+                        return None
+                    d["mask_id"] = d["history"][0]["mask_id"]
+                return d
+            rec = self._change(name, edit)
+            if rec is not None:
+                out.append(rec)
+        return out
 
 
-class MaskBlobs:
-    """Content-addressed mask files in Redis (a few MB each), for hosts without a shared disk."""
-
-    def __init__(self, client: redis.Redis):
-        self.r = client
-
-    def put(self, mask_id: str, data: bytes) -> None:
-        if hashlib.sha256(data).hexdigest() != mask_id:
-            raise ValueError("blob does not hash to its mask_id")
-        self.r.set(f"slt:maskblob:{mask_id}", data, nx=True)
-
-    def get(self, mask_id: str) -> bytes | None:
-        data = self.r.get(f"slt:maskblob:{mask_id}")
-        if data is None or hashlib.sha256(data).hexdigest() != mask_id:
-            return None
-        return data
+def _decode(raw: bytes | None) -> dict | None:
+    if not raw:
+        return None
+    d = json.loads(raw)
+    d.setdefault("version", 0)  # records written before versions
+    return d

@@ -49,6 +49,26 @@ class SharedSettings(BaseSettings):
     # images per side when a finished mask is evaluated (0: none); 2k keeps a CPU host responsive,
     # `python -m trainer evaluate` keeps the 10k-vs-10k protocol for reported numbers
     eval_n: int = Field(2_000, ge=0)
+    # a job that fails (its worker lost, an error outside the search) this many times is failed
+    max_attempts: int = Field(3, ge=1, le=100)
+    # a running job whose search makes no progress this long, while its lease lives, is taken over
+    stall_s: float = Field(1800.0, gt=0)
+    # finished jobs keep previews, loss curves and checkpoints this long, then only the record
+    job_retention_s: float = Field(7 * 24 * 3600.0, ge=0)
+    # checkpoints published to the shared store (so another host resumes a job): at most this
+    # often, at most this big (a bigger one stays local); 0 s: every local checkpoint
+    checkpoint_publish_s: float = Field(300.0, ge=0)
+    checkpoint_max_bytes: int = Field(512 << 20, ge=0)
+    # uploaded datasets shared with every host, each at most this big
+    shared_dataset_max_bytes: int = Field(2 << 30, ge=0)
+    # Redis client timeouts: a hung server never hangs a request or a worker forever
+    redis_socket_timeout_s: float = Field(30.0, gt=0)
+    # large artifacts in an S3-compatible bucket instead of Redis (credentials the usual AWS way)
+    s3_bucket: str | None = None
+    s3_prefix: str = "slt/blobs/"
+    s3_endpoint_url: str | None = None
+    # a worker serves its Prometheus metrics on this port (0: off; +i for the i-th of `make run`)
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("home")
     @classmethod

@@ -301,6 +301,11 @@ class MaskCatalog:
             raise KeyError(mask_id)
         return p.read_bytes()
 
+    def remove(self, mask_id: str) -> None:
+        """Delete a mask's file and its sidecar (absent ones are fine)."""
+        self.path(mask_id).unlink(missing_ok=True)
+        (self.root / f"{mask_id}.metrics.json").unlink(missing_ok=True)
+
     def record_metrics(self, mask_id: str, metrics: dict) -> None:
         """Store evaluation results beside the mask (sidecar), merged with earlier ones."""
         side = self.root / f"{mask_id}.metrics.json"

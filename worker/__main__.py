@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     app.conf.update(celery_config(url))
     try:
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={settings.log_level.upper()}",
-                         "--without-gossip", "--without-mingle", "--without-heartbeat",
+                         "--without-gossip", "--without-mingle",
                          "-n", f"slt-{os.getpid()}@{socket.gethostname()}", *(argv or [])])
     finally:
         if embedded is not None:

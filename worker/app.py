@@ -30,9 +30,10 @@ QUEUE = "slt"
 # an unacknowledged message comes back after this long; shorter than a long search, which
 # the lease makes harmless (see above), and long enough that it rarely happens
 VISIBILITY_TIMEOUT_S = 12 * 3600
-# Redis serves priority 0 first: a search resumed after a crash or a stop goes before new
-# searches, and evaluations and statistics wait behind both
-RESUME_PRIORITY, SEARCH_PRIORITY, LOW_PRIORITY = 0, 3, 9
+# Redis serves priority 0 first: a search handed back by a stopping worker goes before new
+# searches; one sent again after it failed (its worker lost, an error) goes behind them, so a
+# job that keeps failing never holds up the rest; evaluations and statistics come last
+RESUME_PRIORITY, SEARCH_PRIORITY, RETRY_PRIORITY, LOW_PRIORITY = 0, 3, 6, 9
 
 
 def redis_url(settings: SharedSettings) -> str:
@@ -51,7 +52,8 @@ def celery_config(url: str) -> dict:
     return dict(
         broker_url=url,
         result_backend=url,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S,
+                                  "socket_timeout": 30, "socket_connect_timeout": 5},
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
         # one task per process: PyTorch and CUDA never meet a fork (`celery -A worker.app worker`
@@ -69,7 +71,13 @@ def celery_config(url: str) -> dict:
         # the lease decides whether a redelivered job runs, so a lost broker connection need not
         # cancel the running search
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=False,
+        # task events (and the worker heartbeats `python -m worker` keeps on), so Flower and
+        # `celery events` see every worker and job
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # every Redis connection of Celery times out instead of hanging
+        redis_socket_timeout=30,
+        redis_socket_connect_timeout=5,
     )
 
 

@@ -29,7 +29,7 @@ def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
             continue
         data = path.read_bytes()
         try:  # the catalog verifies the file and its base (content-addressed: adding twice is a no-op)
-            mask_id = ctx.catalog.add(data, base_sha=cached_base(ctx.settings.base_spec)[1])
+            mask_id, _ = ctx.catalog.publish(data, base_sha=cached_base(ctx.settings.base_spec)[1])
         except ForeignMaskError as e:
             log.info("shipped mask %s is not for the served base (SLT_BASE); not used: %s", path.name, e)
             continue
@@ -38,7 +38,6 @@ def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
             continue
         if not ctx.client.set(f"slt:shipped:{name}", "1", nx=True):
             continue  # seeded before (and since replaced or removed by someone)
-        ctx.blobs.put(mask_id, data)
         ctx.domains.promote(name, mask_id, by="shipped")
         log.info("demo: domain %s served from the shipped mask %s", name, mask_id[:12])
         seeded.append(name)

@@ -11,7 +11,7 @@ from celery import Celery
 
 from store.jobs import JobStore, search_config
 from store.settings import SharedSettings
-from worker.app import QUEUE, RESUME_PRIORITY, SEARCH_PRIORITY
+from worker.app import QUEUE, RESUME_PRIORITY, RETRY_PRIORITY, SEARCH_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,15 @@ EVALUATE_TASK = "slt.evaluate_mask"
 JOB_HEADER = "slt_job"  # message header naming the job, so the broker's queue can be read back
 
 
-def send_search(app: Celery, store: JobStore, job_id: str, resume: bool = False) -> str:
-    """Send the message that runs a job; `resume`: one that ran before, which goes first."""
+PRIORITY = {"new": SEARCH_PRIORITY, "handback": RESUME_PRIORITY, "failure": RETRY_PRIORITY}
+
+
+def send_search(app: Celery, store: JobStore, job_id: str, after: str = "new") -> str:
+    """Send the message that runs a job: `after` "new" (a new job), "handback" (handed back by
+    a stopping worker: goes first) or "failure" (goes behind every job that has not failed)."""
     task_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
     app.send_task(SEARCH_TASK, args=[job_id], task_id=task_id, queue=QUEUE,
-                  priority=RESUME_PRIORITY if resume else SEARCH_PRIORITY, headers={JOB_HEADER: job_id})
+                  priority=PRIORITY[after], headers={JOB_HEADER: job_id})
     store.set_fields(job_id, enqueued=time.time(), task_id=task_id)
     return task_id
 

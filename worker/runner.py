@@ -21,15 +21,21 @@ from functools import lru_cache
 import redis
 from celery import Celery
 
+from store.blobs import BlobStore, blob_store
+from store.catalog import SharedCatalog
+from store.checkpoints import SharedCheckpoints
 from store.connection import connect
-from store.domains import DomainRegistry, MaskBlobs
+from store.datasets import SharedDatasets
+from store.domains import DomainRegistry
 from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Lease
+from store.moments import SharedMoments
 from store.settings import SharedSettings, get_settings
 from trainer.data import DatasetError, ImageDataset, open_dataset
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog
 from trainer.search import Progress, SearchCancelled, config_from_record, search
 from trainer.settings import resolve_device
+from worker import metrics
 from worker.app import LOW_PRIORITY
 from worker.queue import EVALUATE_TASK, QUEUE, send_search
 
@@ -47,27 +53,42 @@ class Context:
     settings: SharedSettings
     client: redis.Redis
     store: JobStore
-    catalog: MaskCatalog
-    blobs: MaskBlobs
+    blobs: BlobStore
+    catalog: SharedCatalog
     domains: DomainRegistry
+    datasets: SharedDatasets
+    checkpoints: SharedCheckpoints
+    moments: SharedMoments
     owner: str  # host:pid, written into leases and job records
 
     @classmethod
     def for_app(cls, app: Celery, settings: SharedSettings | None = None) -> Context:
         settings = settings or get_settings()
-        client = connect(app.conf.broker_url)
-        return cls(app, settings, client, JobStore(client), MaskCatalog(settings.masks_dir),
-                   MaskBlobs(client), DomainRegistry(client), f"{socket.gethostname()}:{os.getpid()}")
+        client = connect(app.conf.broker_url, settings.redis_socket_timeout_s)
+        blobs = blob_store(settings, client)
+        return cls(app, settings, client, JobStore(client), blobs,
+                   SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir)),
+                   DomainRegistry(client),
+                   SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
+                   SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
+                   SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}")
 
     @property
     def device(self) -> str:
         return worker_device(self.settings.device, self.settings.worker_memory_fraction)
 
     def open_dataset(self, name: str) -> ImageDataset:
+        """This host's dataset `name`, else the one uploaded through any replica (fetched from
+        the shared store once per host, verified)."""
         path = self.settings.dataset_path(name)
         if not path.exists():
+            path = self.datasets.fetch(name, self.settings.cache_dir)
+        if path is None:
             raise DatasetError(f"dataset {name!r} not found (GET /datasets lists them)")
         return open_dataset(path, cache_dir=self.settings.cache_dir)
+
+    def moments_dir(self):
+        return self.settings.cache_dir / "moments"
 
     def public_error(self, e: BaseException) -> str:
         """An error for the job record: short, and without this host's directories."""
@@ -89,19 +110,66 @@ def worker_device(name: str, memory_fraction: float) -> str:
     return device
 
 
+class CheckpointPublisher:
+    """Publishes the search's local checkpoint to the shared store (at most every
+    SLT_CHECKPOINT_PUBLISH_S, one upload at a time, in a thread so the search never waits), so
+    a worker on another host resumes the job from it."""
+
+    def __init__(self, ctx: Context, lease: Lease, path):
+        self.ctx, self.lease, self.path = ctx, lease, path
+        self._mtime, self._last = None, -math.inf
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, iteration: int) -> None:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._mtime or (self._thread is not None and self._thread.is_alive()):
+            return
+        if time.monotonic() - self._last < self.ctx.settings.checkpoint_publish_s:
+            return
+        self._mtime, self._last = mtime, time.monotonic()
+        # saved at the end of the previous iteration: this callback comes first in the next
+        self._thread = threading.Thread(target=self._publish, args=(iteration - 1,), daemon=True,
+                                        name=f"ckpt-{self.lease.job_id[:8]}")
+        self._thread.start()
+
+    def _publish(self, iteration: int) -> None:
+        job_id = self.lease.job_id
+        try:
+            if self.lease.lost.is_set():
+                return
+            if self.ctx.checkpoints.publish(job_id, self.path, iteration) is not None:
+                self.ctx.store.update(self.lease, {"checkpoint_iteration": iteration})
+                log.info("job %s: checkpoint at iteration %d published", job_id, iteration)
+        except Exception as e:  # the local checkpoint still protects this host's restarts
+            log.warning("job %s: checkpoint not published: %s", job_id, e)
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
 class Reporter:
     """The search's progress callback: writes the job's progress (throttled), loss points and
-    previews, as long as this worker still holds the lease."""
+    previews, as long as this worker still holds the lease, and publishes checkpoints."""
 
-    def __init__(self, store: JobStore, lease: Lease):
-        self.store, self.lease = store, lease
+    def __init__(self, store: JobStore, lease: Lease, publish: CheckpointPublisher | None = None):
+        self.store, self.lease, self.publish = store, lease, publish
         self.iteration, self._last, self._first = 0, 0.0, True
+        self._rate_t, self._rate_i = time.monotonic(), 0
 
     def __call__(self, p: Progress) -> None:
+        if self.iteration:
+            metrics.ITERATIONS.inc(max(0, p.iteration - self.iteration))
         self.iteration = p.iteration
+        if self.publish is not None:
+            self.publish(p.iteration)
         fields: dict = {}
         if self._first:
             self._first = False
+            self._rate_t, self._rate_i = time.monotonic(), p.iteration
             if p.iteration > 1:  # the loop starts at the checkpoint's iteration + 1
                 fields["resumed_from"] = p.iteration - 1
                 log.info("job %s resumed from its checkpoint at iteration %d", self.lease.job_id,
@@ -111,6 +179,8 @@ class Reporter:
                 or now - self._last >= PROGRESS_EVERY_S):
             return
         self._last = now
+        if now > self._rate_t:
+            metrics.ITERATIONS_PER_S.set((p.iteration - self._rate_i) / (now - self._rate_t))
         loss = p.loss if math.isfinite(p.loss) else None
         fields.update(iteration=p.iteration, iterations=p.iterations,
                       progress=p.iteration / max(1, p.iterations), loss=loss, lr=p.lr,
@@ -159,6 +229,7 @@ class StoppableDataset:
 
     def __init__(self, dataset: ImageDataset, stop: StopCheck):
         self._dataset, self._stop = dataset, stop
+        self._touched = time.monotonic()
 
     def __getattr__(self, name: str):
         return getattr(self._dataset, name)
@@ -170,6 +241,12 @@ class StoppableDataset:
         for batch in self._dataset.batches(*args, **kwargs):
             if self._stop():
                 raise SearchCancelled("stopped during the real-statistics pass")
+            if time.monotonic() - self._touched > PROGRESS_EVERY_S * 10:
+                self._touched = time.monotonic()  # progress, though no iteration yet: not stalled
+                try:
+                    self._stop.store.touch(self._stop.lease)
+                except redis.RedisError as e:
+                    log.warning("job %s: heartbeat not written: %s", self._stop.lease.job_id, e)
             yield batch
 
 
@@ -207,38 +284,84 @@ class SearchRun:
                 return outcome
         finally:
             lease.release()
-            if outcome == "requeued":  # after the release, so the next delivery can take it
-                send_search(self.ctx.app, store, job_id, resume=True)
+            log.info("job %s: attempt ends: %s", job_id, outcome)
+            # after the release, so the next delivery can take it: a job handed back by a
+            # stopping worker goes first, one that failed goes behind jobs that have not
+            if outcome == "requeued":
+                send_search(self.ctx.app, store, job_id, after="handback")
+            elif outcome == "retry":
+                send_search(self.ctx.app, store, job_id, after="failure")
 
     def _run(self, job: dict, lease: Lease) -> str:
         stop = StopCheck(self.ctx.store, lease, job["started"] + job["time_limit_s"])
-        reporter = Reporter(self.ctx.store, lease)
+        publisher = CheckpointPublisher(self.ctx, lease, self.job_dir / "checkpoint.pt")
+        reporter = Reporter(self.ctx.store, lease, publisher)
         try:
             if job.get("mask_id") and job["mask_id"] in self.ctx.catalog:  # died after the catalog write
                 data = self.ctx.catalog.bytes(job["mask_id"])
             else:
                 data = self._search(job, reporter, stop)
         except SearchCancelled:
+            publisher.join()
             return self._stopped(job, lease, stop.reason, reporter.iteration)
         except Exception as e:
+            publisher.join()
             if lease.lost.is_set():
                 log.warning("job %s: %s after its lease was lost; left to its new owner", self.job_id, e)
                 return "lost"
             log.exception("job %s failed", self.job_id)
             self.ctx.store.finish(lease, FAILED, error=self.ctx.public_error(e), finished=time.time())
+            metrics.JOBS.labels(FAILED).inc()
             self._clean()
             return FAILED
-        return self._succeed(job, lease, data)
+        publisher.join()
+        try:
+            return self._succeed(job, lease, data)
+        except Exception as e:  # outside the search (the catalog, Redis): may pass on a retry
+            log.exception("job %s: the search finished but storing its mask failed", self.job_id)
+            return self._retry(job, lease, e, reporter.iteration)
+
+    def _retry(self, job: dict, lease: Lease, e: BaseException, iteration: int) -> str:
+        """Hand the job back after an error outside the search, one failure counted; at
+        SLT_MAX_ATTEMPTS it ends failed with the error."""
+        failures = (self.ctx.store.get(self.job_id) or job).get("failures", 0) + 1
+        error = self.ctx.public_error(e)
+        try:
+            outcome = self.ctx.store.requeue_running(
+                self.job_id, f"attempt failed at iteration {iteration} ({error[:200]}); retried",
+                max_failures=self.ctx.settings.max_attempts, kind="handback", token=lease.token,
+                error=f"failed {failures} times; last error: {error}")
+        except redis.RedisError as re:
+            log.warning("job %s: cannot hand it back (%s); the watchdog will", self.job_id, re)
+            return "lost"
+        if outcome == "failed":
+            metrics.JOBS.labels(FAILED).inc()
+            self._clean()
+        return {"requeued": "retry"}.get(outcome, outcome)
 
     def _search(self, job: dict, reporter: Reporter, stop: StopCheck) -> bytes:
         ds = StoppableDataset(self.ctx.open_dataset(job["dataset"]), stop)
+        ckpt = self.job_dir / "checkpoint.pt"
+        if not ckpt.exists():  # taken over from another host: resume from its published checkpoint
+            it = self.ctx.checkpoints.fetch(self.job_id, ckpt)
+            if it is not None:
+                log.info("job %s: published checkpoint (iteration %d) fetched", self.job_id, it)
+                metrics.TAKEOVERS.inc()
+        prefix = ds.dataset_sha256[:16]
+        self._sync_moments("pull", prefix)
         cfg = config_from_record(job["config"])
         res = search(BaseSpec.from_dict(job["base"]), cfg, ds, domain=job["domain"],
                      device=self.ctx.device, progress=reporter, cancel=stop,
-                     checkpoint=self.job_dir / "checkpoint.pt", resume=True,
-                     cache_dir=self.ctx.settings.cache_dir)
+                     checkpoint=ckpt, resume=True, cache_dir=self.ctx.settings.cache_dir)
+        self._sync_moments("push", prefix)
         log.info("job %s: search done in %.1f s, final loss %.5g", self.job_id, res.seconds, res.final_loss)
         return res.data
+
+    def _sync_moments(self, way: str, prefix: str) -> None:
+        try:
+            getattr(self.ctx.moments, way)(self.ctx.moments_dir(), prefix)
+        except (redis.RedisError, OSError) as e:  # computed locally instead
+            log.warning("feature statistics not %sed: %s", way, e)
 
     def _stopped(self, job: dict, lease: Lease, reason: str | None, iteration: int) -> str:
         store, now = self.ctx.store, time.time()
@@ -265,17 +388,18 @@ class SearchRun:
 
     def _succeed(self, job: dict, lease: Lease, data: bytes) -> str:
         ctx = self.ctx
-        mask_id = ctx.catalog.add(data)  # verified, written atomically, idempotent
+        # verified; this host's file, the blob and the shared index entry; idempotent
+        mask_id, _ = ctx.catalog.publish(data)
         # recorded before anything else, so a crash from here on finishes these steps again
         # instead of searching again
         if not ctx.store.update(lease, {"mask_id": mask_id}):
             return "lost"
-        ctx.blobs.put(mask_id, data)
         if job["promote"]:
             ctx.domains.promote(job["domain"], mask_id, by=f"job:{self.job_id}")
         if not ctx.store.finish(lease, SUCCEEDED, mask_id=mask_id, progress=1.0, eta_s=0.0,
                                 finished=time.time()):
             return "lost"
+        metrics.JOBS.labels(SUCCEEDED).inc()
         log.info("job %s succeeded: mask %s%s", self.job_id, mask_id[:12],
                  f", promoted to {job['domain']}" if job["promote"] else "")
         self._clean()
@@ -286,6 +410,10 @@ class SearchRun:
 
     def _clean(self) -> None:
         shutil.rmtree(self.job_dir, ignore_errors=True)
+        try:
+            self.ctx.checkpoints.drop(self.job_id)
+        except redis.RedisError as e:  # retention drops it later
+            log.warning("job %s: published checkpoint not dropped: %s", self.job_id, e)
 
 
 def dataset_stats(ctx: Context, dataset: str, features: str) -> dict:
@@ -294,8 +422,11 @@ def dataset_stats(ctx: Context, dataset: str, features: str) -> dict:
     from trainer.stats import real_moments
 
     ds = ctx.open_dataset(dataset)
+    prefix = ds.dataset_sha256[:16]
+    ctx.moments.pull(ctx.moments_dir(), prefix)
     extractor = load_extractor(features, ctx.device)
     m = real_moments(ds, extractor, device=ctx.device, cache_dir=ctx.settings.cache_dir)
+    ctx.moments.push(ctx.moments_dir(), prefix)
     return {"dataset": dataset, "images": len(ds), "skipped": ds.skipped,
             "dataset_sha256": ds.dataset_sha256, "features": extractor.name, "n": m.n}
 
@@ -311,12 +442,12 @@ def evaluate(ctx: Context, mask_id: str, dataset: str) -> dict | None:
         log.info("trainer.evaluate is not available; mask %s gets no metrics", mask_id[:12])
         return None
     try:
-        metrics = evaluate_mask(ctx.catalog.read(mask_id), ctx.open_dataset(dataset),
+        result = evaluate_mask(ctx.catalog.read(mask_id), ctx.open_dataset(dataset),
                                 n=ctx.settings.eval_n, device=ctx.device)
     except Exception as e:  # evaluation is extra information, never a reason to fail a job
         log.warning("evaluation of mask %s failed: %s; no metrics recorded", mask_id[:12], e)
         return None
     # keyed by split, as `python -m trainer evaluate --record` writes it (one sidecar format)
-    ctx.catalog.record_metrics(mask_id, {metrics["split"]: metrics})
-    log.info("mask %s evaluated on %s: %s", mask_id[:12], metrics["split"], metrics)
-    return metrics
+    ctx.catalog.record_evaluation(mask_id, {result["split"]: result})
+    log.info("mask %s evaluated on %s: %s", mask_id[:12], result["split"], result)
+    return result

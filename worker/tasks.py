@@ -47,8 +47,13 @@ def _on_ready(**_) -> None:
     from worker.demo import queue_demo_jobs, seed_shipped_masks
     from worker.watchdog import Watchdog
 
+    from worker.metrics import serve
+
     ctx = context()
     log.info("worker %s ready on %s (device %s)", ctx.owner, app.conf.broker_url, ctx.device)
+    if ctx.store.ensure_indexes():
+        log.info("job status indexes built for the jobs recorded before them")
+    serve(ctx.settings.worker_metrics_port)
     if ctx.settings.demo:
         seed_shipped_masks(ctx)
         queue_demo_jobs(ctx)

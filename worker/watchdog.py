@@ -1,15 +1,23 @@
-"""The watchdog: a thread in every worker that keeps jobs moving when workers die.
+"""The watchdog: a thread in every worker that keeps jobs moving when workers die or hang,
+and keeps the shared store bounded.
 
 Every `lease_s / 2` seconds (and once at start) it sweeps the active jobs:
-- `running` with no live lease: its worker died (its heartbeat stopped). The job goes back
-  to `queued` and its message is sent again, so this or another worker resumes it from its
-  checkpoint. Redis would redeliver the old message only after the visibility timeout.
+- `running` with no live lease: its worker died (its heartbeat stopped). One failure is
+  counted; the job goes back to `queued` and its message is sent again behind the jobs that
+  have not failed, so this or another worker resumes it from its checkpoint (the local one, or
+  the one published to the shared store). At SLT_MAX_ATTEMPTS failures it ends `failed`:
+  "worker lost N times, last at iteration I".
+- `running` with a live lease but no progress for SLT_STALL_S (a search hung inside a kernel,
+  a dead disk): its lease is revoked and it is handled as above ("stalled").
 - `queued` with no message in the broker (lost with a worker that took it and died before
   taking the lease, or with Redis): its message is sent again.
-- `running` long past its time limit while its lease lives (a worker stuck outside the search
-  loop): `failed`, with the reason.
+- `running` long past its time limit while its lease lives: `failed`, with the reason.
 Several workers may sweep at once: the status changes are atomic and a resend is claimed
 first, so a job is sent again once.
+
+About once a minute one worker of the cluster (a lock in Redis) also trims the previews, loss
+curves and checkpoints of jobs finished more than SLT_JOB_RETENTION_S ago, and collects blobs
+nothing refers to.
 """
 from __future__ import annotations
 
@@ -19,11 +27,17 @@ import time
 
 import redis
 
+from store.gc import collect_blobs
 from store.jobs import QUEUED, RUNNING
+from worker import metrics
 from worker.queue import pending_job_ids, send_search
 from worker.runner import Context
 
 log = logging.getLogger(__name__)
+
+MAINTENANCE_S = 60.0
+MAINTENANCE_LOCK = "slt:maintenance"
+GC_GRACE_S = 3600.0
 
 
 class Watchdog(threading.Thread):
@@ -37,6 +51,7 @@ class Watchdog(threading.Thread):
         while True:
             try:
                 self.sweep()
+                self.maintain()
             except redis.RedisError as e:
                 log.warning("watchdog: redis unavailable (%s); trying again", e)
             except Exception:  # the thread must outlive any one bad record
@@ -48,7 +63,7 @@ class Watchdog(threading.Thread):
         self.halt.set()
 
     def sweep(self) -> None:
-        store, lease_s = self.ctx.store, self.ctx.settings.lease_s
+        store, s = self.ctx.store, self.ctx.settings
         now, pending, unread = time.time(), None, True
         for job_id in store.active_ids():
             job = store.get(job_id)
@@ -56,33 +71,80 @@ class Watchdog(threading.Thread):
                 continue
             leased = store.lease_holder(job_id) is not None
             if job["status"] == RUNNING and leased:
-                self._check_time_limit(job, now)
+                if not self._check_time_limit(job, now):
+                    self._check_stalled(job, now)
             elif job["status"] == RUNNING:
-                self._requeue(job)
-            elif job["status"] == QUEUED and not leased and now - (job.get("enqueued") or 0) > lease_s:
+                self._requeue(job, "lost")
+            elif job["status"] == QUEUED and not leased and now - (job.get("enqueued") or 0) > s.lease_s:
                 if unread:  # the broker's lists are read once per sweep, and only when needed
-                    pending, unread = pending_job_ids(store.r, stale_after_s=lease_s), False
-                if pending is not None and job_id not in pending and store.claim_resend(job_id, lease_s):
+                    pending, unread = pending_job_ids(store.r, stale_after_s=s.lease_s), False
+                if pending is not None and job_id not in pending and store.claim_resend(job_id, s.lease_s):
                     log.warning("job %s: queued but its message is gone; sending it again", job_id)
-                    send_search(self.ctx.app, store, job_id, resume=job["attempts"] > 0)
+                    send_search(self.ctx.app, store, job_id,
+                                after="failure" if job.get("failures") else "new")
 
-    def _requeue(self, job: dict) -> None:
-        job_id = job["job_id"]
-        note = (f"its worker stopped responding at iteration {job['iteration']}; "
-                "resuming from the last checkpoint")
-        outcome = self.ctx.store.requeue_running(job_id, note)
+    def _requeue(self, job: dict, kind: str, since: float = 0.0) -> str:
+        s, job_id, it = self.ctx.settings, job["job_id"], job["iteration"]
+        failures = (job.get("failures") or 0) + 1
+        if kind == "lost":
+            note = f"its worker stopped responding at iteration {it}; resuming from the last checkpoint"
+            error = f"worker lost {failures} times, last at iteration {it}"
+        else:
+            note = (f"no progress for {s.stall_s:g} s (SLT_STALL_S) at iteration {it}; "
+                    "taken over, resuming from the last checkpoint")
+            error = f"stalled {failures} times (no progress for {s.stall_s:g} s), last at iteration {it}"
+        if job.get("error"):  # an error recorded by an earlier attempt says more
+            error += f"; last error: {job['error']}"
+        outcome = self.ctx.store.requeue_running(job_id, note, max_failures=s.max_attempts,
+                                                 error=error, kind=kind, since=since)
         if outcome == "requeued":
-            log.warning("job %s: worker %s lost; sending the job again", job_id, job["worker"])
-            send_search(self.ctx.app, self.ctx.store, job_id, resume=True)
+            log.warning("job %s: %s (worker %s); sending the job again", job_id, kind, job["worker"])
+            metrics.REQUEUES.labels(kind).inc()
+            send_search(self.ctx.app, self.ctx.store, job_id, after="failure")
+        elif outcome == "failed":
+            log.error("job %s failed: %s", job_id, error)
+            metrics.JOBS.labels("failed").inc()
+            self.ctx.checkpoints.drop(job_id)
         elif outcome == "cancelled":
             log.info("job %s: its worker was lost and a cancel was asked: cancelled", job_id)
+        return outcome
 
-    def _check_time_limit(self, job: dict, now: float) -> None:
+    def _check_stalled(self, job: dict, now: float) -> None:
+        last = job.get("heartbeat") or job.get("started") or now
+        if now - last > self.ctx.settings.stall_s:
+            self._requeue(job, "stalled", since=now - self.ctx.settings.stall_s)
+
+    def _check_time_limit(self, job: dict, now: float) -> bool:
         # the search itself fails a job at its limit; this catches a worker stuck outside the loop
         grace = 2 * self.ctx.settings.lease_s
         if job["started"] is None or now <= job["started"] + job["time_limit_s"] + grace:
-            return
+            return False
         error = (f"time limit: still running after {job['time_limit_s']:g} s "
                  "(SLT_JOB_TIME_LIMIT_S), and its worker did not stop it")
         if self.ctx.store.expire_running(job["job_id"], error):
             log.error("job %s failed: past its time limit, its worker unresponsive", job["job_id"])
+        return True
+
+    def maintain(self, force: bool = False) -> None:
+        """Retention and blob collection, by one worker of the cluster per MAINTENANCE_S."""
+        ctx = self.ctx
+        if not force and not ctx.client.set(MAINTENANCE_LOCK, ctx.owner, nx=True, px=int(MAINTENANCE_S * 1000)):
+            return
+        trim_finished_jobs(ctx)
+        collect_blobs(ctx.client, ctx.blobs, [ctx.catalog.referenced_blobs, ctx.datasets.referenced,
+                                              ctx.checkpoints.referenced, ctx.moments.referenced],
+                      grace_s=GC_GRACE_S)
+
+
+def trim_finished_jobs(ctx: Context, now: float | None = None) -> int:
+    """Previews, loss curves and published checkpoints of jobs finished more than
+    SLT_JOB_RETENTION_S ago; returns the jobs trimmed."""
+    n = 0
+    while ids := ctx.store.expired(ctx.settings.job_retention_s, now):
+        for job_id in ids:
+            ctx.store.trim(job_id)
+            ctx.checkpoints.drop(job_id)
+            n += 1
+    if n:
+        log.info("retention: %d finished jobs trimmed", n)
+    return n

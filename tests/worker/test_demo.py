@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from store.connection import EmbeddedRedis, connect
-from store.domains import DomainRegistry, MaskBlobs
-from store.jobs import JobStore
 from store.settings import SharedSettings, parse_base
 from trainer.data import open_dataset
 from trainer.evaluate import generated_images, real_features
 from trainer.generator import BaseSpec, base_sha256, build_base
-from trainer.masks import MaskCatalog, decode_mask
+from trainer.masks import decode_mask
 from trainer.metrics import compute_metrics
 from trainer.metrics.embed import load_eval_embedder
 from trainer.search import config_from, random_mask
@@ -44,12 +42,10 @@ def redis_url(tmp_path_factory):
 @pytest.fixture
 def ctx(redis_url, tmp_path: Path) -> Context:
     settings = SharedSettings(home=tmp_path / "home", base="width=0.0625", search_features="random")
-    client = connect(redis_url)
-    client.flushdb()
+    connect(redis_url).flushdb()
     for name in DEMO_DATASETS:
         settings.dataset_path(name).mkdir(parents=True)
-    return Context(producer(redis_url), settings, client, JobStore(client),
-                   MaskCatalog(settings.masks_dir), MaskBlobs(client), DomainRegistry(client), "test:1")
+    return Context.for_app(producer(redis_url), settings)
 
 
 def test_shipped_mask_serves_its_domain_once_and_a_foreign_one_is_skipped(ctx, tmp_path):
@@ -65,6 +61,7 @@ def test_shipped_mask_serves_its_domain_once_and_a_foreign_one_is_skipped(ctx, t
     d = ctx.domains.get("emoji-google")
     assert d["mask_id"] == mask_id and d["history"][0]["by"] == "shipped"
     assert ctx.catalog.bytes(mask_id) == ours and ctx.blobs.get(mask_id) == ours
+    assert mask_id in ctx.catalog and ctx.catalog.entry(mask_id)["info"]["domain"] == "emoji-google"
     assert ctx.domains.get("emoji-twitter") is None  # another base: never served
     assert seed_shipped_masks(ctx, shipped) == []  # a second start changes nothing
 

@@ -151,7 +151,7 @@ def test_pending_job_ids_reads_queued_and_taken_messages(store, settings, redis_
     app = producer(redis_url)
     a, b = new_job(store, settings)["job_id"], new_job(store, settings)["job_id"]
     send_search(app, store, a)
-    send_search(app, store, b, resume=True)  # ran before: served before new ones
+    send_search(app, store, b, after="handback")  # handed back: served before new ones
     assert store.get(a)["task_id"].startswith(a)
     assert (store.r.llen(QUEUE), store.r.llen(f"{QUEUE}\x06\x163")) == (1, 1)
     assert pending_job_ids(store.r, stale_after_s=60) == {a, b}
