@@ -61,6 +61,7 @@ class Stack:
         self.api: subprocess.Popen | None = None
         self.url = ""
         self.workers: list[subprocess.Popen] = []
+        self.replicas: list[subprocess.Popen] = []  # API replicas beside the first
         self.names: dict[int, str] = {}  # worker pid -> its log's name
         self.store = JobStore(connect(self.redis.url))
 
@@ -70,24 +71,32 @@ class Stack:
         return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def start_api(self, timeout: float = 60) -> None:
+    def start_api(self, timeout: float = 60, home: Path | None = None, name: str = "api") -> str:
+        """The API on a free port; `home`: a replica with its own SLT_HOME (no shared disk),
+        kept beside the first. Returns its URL."""
         port = free_port()
-        self.api = self._spawn("api", "service", {**self.env, "SLT_PORT": str(port)})
-        self.url = f"http://127.0.0.1:{port}"
+        env = {**self.env, "SLT_PORT": str(port), **({"SLT_HOME": str(home)} if home else {})}
+        proc = self._spawn(name, "service", env)
+        url = f"http://127.0.0.1:{port}"
+        if home is None:
+            self.api, self.url = proc, url
+        else:
+            self.replicas.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.api.poll() is None, f"API exited:\n{self.log('api')}"
+            assert proc.poll() is None, f"API exited:\n{self.log(name)}"
             try:
-                if httpx.get(self.url + "/jobs?limit=1", timeout=2).status_code == 200:
-                    return
+                if httpx.get(url + "/jobs?limit=1", timeout=2).status_code == 200:
+                    return url
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"API not up in {timeout}s:\n{self.log('api')}")
+        raise AssertionError(f"API not up in {timeout}s:\n{self.log(name)}")
 
-    def start_worker(self, timeout: float = 90) -> subprocess.Popen:
+    def start_worker(self, timeout: float = 90, home: Path | None = None) -> subprocess.Popen:
+        """A worker process; `home`: on a "host" of its own SLT_HOME."""
         name = f"worker-{len(self.workers) + 1}"
-        w = self._spawn(name, "worker", self.env)
+        w = self._spawn(name, "worker", {**self.env, **({"SLT_HOME": str(home)} if home else {})})
         self.workers.append(w)
         self.names[w.pid] = name
         deadline = time.monotonic() + timeout
@@ -108,7 +117,7 @@ class Stack:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def close(self) -> None:
-        procs = [p for p in (*self.workers, self.api) if p is not None]
+        procs = [p for p in (*self.workers, *self.replicas, self.api) if p is not None]
         for p in procs:
             if p.poll() is None:
                 p.terminate()

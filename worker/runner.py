@@ -161,8 +161,8 @@ class Reporter:
         self._rate_t, self._rate_i = time.monotonic(), 0
 
     def __call__(self, p: Progress) -> None:
-        if self.iteration:
-            metrics.ITERATIONS.inc(max(0, p.iteration - self.iteration))
+        # iterations run in this process (a resumed search's first step counts one)
+        metrics.ITERATIONS.inc(max(0, p.iteration - self.iteration) if self.iteration else 1)
         self.iteration = p.iteration
         if self.publish is not None:
             self.publish(p.iteration)
