@@ -166,3 +166,50 @@ def test_pending_job_ids_reads_queued_and_taken_messages(store, settings, redis_
         msg.ack()
         q.close()
     assert pending_job_ids(store.r, stale_after_s=60) == {a, b} - {taken}
+
+
+def test_watchdog_takes_over_a_stalled_search_and_sends_it_behind(redis_url, store, tmp_path):
+    """A worker that still renews its lease but whose search made no progress for SLT_STALL_S."""
+    from worker.runner import Context
+    from worker.watchdog import Watchdog
+
+    settings = SharedSettings(home=tmp_path, search_features="random", stall_s=5, lease_s=30)
+    job = new_job(store, settings)
+    hung = store.lease(job["job_id"], "hung", ttl_s=30)
+    assert hung.acquire() and store.start(hung, "hung:1") == "ok"
+    ctx = Context.for_app(producer(redis_url), settings)
+    Watchdog(ctx).sweep()
+    assert store.get(job["job_id"])["status"] == "running"  # started just now: not stalled
+    store.update(hung, {"heartbeat": time.time() - 6})
+    Watchdog(ctx).sweep()
+    rec = store.get(job["job_id"])
+    assert rec["status"] == "queued" and rec["failures"] == 1 and "SLT_STALL_S" in rec["note"]
+    assert not hung.renew()  # revoked: the hung worker stops if it ever wakes up
+    assert job["job_id"] in pending_job_ids(store.r, stale_after_s=30)
+    with Connection(redis_url) as conn:  # sent again behind new jobs (kombu's priority list 6)
+        raw = conn.default_channel.client.lrange(f"{QUEUE}\x06\x166", 0, -1)
+    assert [json.loads(m)["headers"]["slt_job"] for m in raw] == [job["job_id"]]
+
+
+def test_an_error_after_the_search_is_retried_then_fails_with_it(redis_url, store, tmp_path,
+                                                                  emoji_google_dir):
+    """Storing the mask fails every time (the catalog's disk): each delivery counts a failure,
+    the third ends the job `failed` with the real error; the search itself always finished."""
+    from slt_stack import copy_images
+
+    from worker.runner import Context, SearchRun
+
+    settings = SharedSettings(home=tmp_path / "home", search_features="random", max_attempts=3)
+    copy_images(emoji_google_dir, settings.datasets_dir / "ds", n=8)
+    job = store.create(domain="d", dataset="ds", preset="demo", base={"width": 0.0625}, promote=True,
+                       time_limit_s=600,
+                       config=search_config("demo", {"iterations": 2, "batch_size": 2}, settings))
+    ctx = Context.for_app(producer(redis_url), settings)
+    settings.masks_dir.rmdir()
+    settings.masks_dir.write_bytes(b"")  # the catalog's folder is gone: every write fails
+    outcomes = [SearchRun(ctx, job["job_id"])() for _ in range(3)]
+    assert outcomes == ["retry", "retry", "failed"], outcomes
+    rec = store.get(job["job_id"])
+    assert rec["status"] == "failed" and rec["attempts"] == 3 and rec["mask_id"] is None
+    assert rec["error"].startswith("failed 3 times; last error: ") and "Error" in rec["error"], rec["error"]
+    assert store.counts()["failed"] == 1 and job["job_id"] not in store.active_ids()
