@@ -67,7 +67,7 @@ class SharedSettings(BaseSettings):
     s3_bucket: str | None = None
     s3_prefix: str = "slt/blobs/"
     s3_endpoint_url: str | None = None
-    # a worker serves its Prometheus metrics on this port (0: off; +i for the i-th of `make run`)
+    # a worker serves its Prometheus metrics on this port (0: off; one port per worker process)
     worker_metrics_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("home")
