@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import openapi
+from service import errors, openapi
 from service.routers import admin, datasets, domains, generate, health, jobs, masks
 from service.settings import Settings, get_settings
 from service.state import AppState
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (generate, domains, masks, jobs, datasets, health, admin):
         app.include_router(r.router)
     openapi.install(app)  # error bodies and configured bounds as the app really has them
+    errors.install(app)  # each domain and store error -> its one HTTP answer
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -3,15 +3,14 @@ The search itself runs in a worker (worker.runner)."""
 from __future__ import annotations
 
 import redis
-from kombu.exceptions import OperationalError
 
+from service.errors import BROKER_ERRORS
 from service.settings import Settings
 from store.jobs import JobStore, search_config
 from worker.app import LOW_PRIORITY, producer
 from worker.queue import QUEUE, STATS_TASK, submit_search
 
-# Redis unreachable, through redis-py (records) or through kombu (messages)
-BROKER_ERRORS = (redis.RedisError, OperationalError)
+__all__ = ["BROKER_ERRORS", "JobQueue"]
 
 
 class JobQueue:

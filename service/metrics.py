@@ -2,7 +2,6 @@
 process, as in tests, never clash on the global default registry)."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 
@@ -24,26 +23,9 @@ disable_created_metrics()  # the `_created` series double every counter for no u
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-def job_counts(client) -> dict[str, int]:
-    """Jobs by status, from the worker's job records (one pipelined HGET per job)."""
-    from store.jobs import ALL, JobStore
-
-    ids = client.zrange(ALL, 0, -1)
-    with client.pipeline(transaction=False) as p:
-        for job_id in ids:
-            p.hget(JobStore.key(job_id.decode()), "status")
-        statuses = p.execute()
-    counts: dict[str, int] = {}
-    for raw in statuses:
-        if raw:
-            st = json.loads(raw)
-            counts[st] = counts.get(st, 0) + 1
-    return counts
-
-
 class JobsCollector(Collector):
-    """`slt_jobs{status=...}` read from the job records at scrape time; absent (not an error)
-    when the job store cannot be read."""
+    """`slt_jobs{status=...}` read at scrape time from the job store's counters (never a scan
+    of the jobs); absent (not an error) when the job store cannot be read."""
 
     def __init__(self, count: Callable[[], dict[str, int] | None]):
         self.count = count
@@ -94,8 +76,10 @@ class ServingMetrics:
                                  registry=r)
         self.cache_entries = Gauge("slt_cache_resident_masks", "Masks resident on the device",
                                    registry=r)
-        self.masks_in_ram = Gauge("slt_masks_in_ram", "Packed masks held in RAM", registry=r)
-        self.masks_ram_bytes = Gauge("slt_masks_ram_bytes", "Bytes of packed masks held in RAM",
+        self.masks_in_ram = Gauge("slt_masks_in_ram", "Packed masks held in RAM (an LRU)",
+                                  registry=r)
+        self.masks_ram_bytes = Gauge("slt_masks_ram_bytes",
+                                     "Bytes of packed masks held in RAM (at most SLT_MASK_RAM_BYTES)",
                                      registry=r)
 
     def watch_jobs(self, count: Callable[[], dict[str, int] | None]) -> None:

@@ -25,6 +25,7 @@ class Settings(SharedSettings):
     batch_window_ms: float = 5.0
     max_batch: int = 32
     device_cache_bytes: int = 2 << 30  # masked weights resident on the device
+    mask_ram_bytes: int = Field(256 << 20, ge=0)  # packed masks held in RAM (an LRU), loaded on demand
     torch_threads: int = 0  # CPU threads of the generator; 0: PyTorch's default for this machine
     # uploads
     max_upload_bytes: int = 512 << 20

@@ -9,24 +9,14 @@ import time
 from enum import StrEnum
 
 import numpy as np
-import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel
 
 from service.deps import get_engine
-from service.engine import (
-    Engine,
-    Generation,
-    GenerationFailed,
-    MaskUnavailable,
-    NotRunning,
-    Saturated,
-    UnknownDomain,
-)
+from service.engine import Engine, Generation
 from service.openapi import errors
 from store.domains import DOMAIN_NAME
-from trainer.masks import ForeignMaskError, MaskError
 from trainer.ticket import grid
 
 router = APIRouter(tags=["generate"])
@@ -115,33 +105,16 @@ async def generate(
 ) -> Response:
     """Image i is made from (mask, seed, i) alone: the same mask, seed and n give the same pixels,
     whatever else is being generated. PNGs carry domain, mask_id, base_sha256, seed and index as
-    text chunks; every format returns the seed in `X-Seed`."""
+    text chunks; every format returns the seed in `X-Seed`. 404: unknown domain; 409: its mask
+    is for another base; 429: queue full; 503: its mask unavailable here, Redis unreachable for
+    a domain this replica does not know yet, or the generator not running."""
     max_n = request.app.state.settings.max_n
     if n > max_n:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"n: at most {max_n} images per request")
     if seed is None:
         seed = secrets.randbelow(DRAWN_SEEDS)
     t0 = time.perf_counter()
-    retry = {"Retry-After": "1"}
-    try:
-        gen = await engine.generate(domain, seed, n)
-    except UnknownDomain:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"unknown domain {domain!r}; GET /domains lists the served ones") from None
-    except Saturated as e:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(e),
-                            headers={"Retry-After": str(e.retry_after)}) from None
-    except ForeignMaskError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"domain {domain!r} points to a mask of another base: {e}") from None
-    except (MaskUnavailable, NotRunning, GenerationFailed) as e:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e), headers=retry) from None
-    except MaskError as e:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"domain {domain!r}: its mask cannot be served: {e}", headers=retry) from None
-    except redis.RedisError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "the domain registry (Redis) is unreachable", headers=retry) from None
+    gen = await engine.generate(domain, seed, n)
     body, media = await asyncio.to_thread(encode, gen, format)
     engine.metrics.request_seconds.labels(domain).observe(time.perf_counter() - t0)
     engine.generated_ok = True

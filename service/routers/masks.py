@@ -1,22 +1,24 @@
-"""Mask catalog routes: list, metadata, file download, verified import.
+"""Mask catalog routes: list, metadata, file download, verified import, delete.
 (POST /masks, which launches a search, lives with the jobs routes.)"""
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
-import redis
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
 from service.auth import require_admin
-from service.deps import get_engine
-from service.engine import Engine, UnknownMask
+from service.deps import get_engine, get_state
+from service.engine import Engine
+from service.errors import UnknownMask
+from service.mask_views import domains_by_mask, mask_view
 from service.openapi import ADMIN, errors
-from trainer.masks import MASK_ID, MAX_FILE_BYTES, ForeignMaskError, MaskError
+from service.state import AppState
+from store.catalog import SharedCatalog
+from trainer.masks import MASK_ID, MAX_FILE_BYTES
 
 router = APIRouter(tags=["masks"])
 
@@ -72,65 +74,59 @@ class MaskInfo(BaseModel):
     kept: int | None = None
     kept_fraction: float | None = None
     bits_per_weight: float | None = None
-    served: bool = False  # fits the served base and is held in RAM
+    served: bool = False  # this replica serves it: made for the served base, not refused
     resident: bool = False  # its weights are on the device now
     domains: list[str] = []  # domains whose active mask this is
-    error: str | None = None  # set when the catalog file cannot be read
+    error: str | None = None  # why this replica refused it
 
 
-def finite(obj: Any) -> Any:
-    """JSON-safe: NaN and infinities (a random mask's loss, say) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite(v) for v in obj]
-    return obj
+class DomainChange(BaseModel):
+    name: str
+    mask_id: str | None = Field(None, description="its active mask now; null if it was deleted")
+    deleted: bool = False
+    version: int
 
 
-def _info(engine: Engine, mask_id: str) -> dict:
-    """A mask's info; an unreadable catalog file is reported in `error`, never a 500."""
-    try:
-        return finite(engine.mask_info(mask_id))
-    except (MaskError, OSError, KeyError, ValueError) as e:
-        return {"mask_id": mask_id, "error": str(e)}
-    except Exception as e:  # a damaged file or sidecar the readers did not foresee
-        return {"mask_id": mask_id, "error": f"{type(e).__name__}: {e}"}
+class MaskDeleted(BaseModel):
+    """What DELETE /masks/{mask_id} removed: the catalog entry (index, blob, files) and, when
+    forced, the mask from every domain (a domain serving it rolled back, or was deleted)."""
+
+    mask_id: str
+    deleted: bool = Field(description="it was in the catalog and is not any more")
+    domains: list[DomainChange] = Field([], description="domains changed by a forced delete")
 
 
-def _list(engine: Engine) -> list[dict]:
-    out = [_info(engine, m) for m in engine.state.catalog.ids()]
-    return sorted(out, key=lambda i: str(i.get("created") or ""), reverse=True)
+def _one(engine: Engine, catalog: SharedCatalog, mask_id: str) -> dict:
+    entry = catalog.entry(mask_id)
+    if entry is None:
+        raise UnknownMask(mask_id)
+    return mask_view(entry, engine.base_sha, domains_by_mask(engine.domains_view()).get(mask_id, []),
+                     engine.is_resident(mask_id), engine.masks.refused(mask_id))
 
 
-def _fetch(engine: Engine, mask_id: str) -> None:
-    """Make sure the catalog holds `mask_id`, fetching it from Redis if another host made it."""
-    if mask_id in engine.state.catalog:
-        return
-    try:
-        engine.load_mask(mask_id)
-    except UnknownMask:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no mask {mask_id}") from None
-    except ForeignMaskError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"mask {mask_id} is for another base: {e}") from None
-    except MaskError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"mask {mask_id} is unusable here: {e}") from None
-    except redis.RedisError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Redis is unreachable",
-                            headers={"Retry-After": "1"}) from None
+def _list(engine: Engine, catalog: SharedCatalog, offset: int, limit: int) -> list[dict]:
+    users = domains_by_mask(engine.domains_view())
+    entries = catalog.entries(catalog.ids(offset, limit))
+    return [mask_view(e, engine.base_sha, users.get(e["mask_id"], []),
+                      engine.is_resident(e["mask_id"]), engine.masks.refused(e["mask_id"]))
+            for e in entries if e is not None]
 
 
-@router.get("/masks", response_model=list[MaskInfo], summary="Every catalog mask, newest first")
-async def list_masks(engine: Engine = Depends(get_engine)) -> list[dict]:
-    return await asyncio.to_thread(_list, engine)
+@router.get("/masks", response_model=list[MaskInfo], summary="Catalog masks, newest first",
+            responses=errors(422, 503))
+async def list_masks(offset: int = Query(0, ge=0, description="skip this many of the newest"),
+                     limit: int = Query(1000, ge=1, le=10_000),
+                     state: AppState = Depends(get_state),
+                     engine: Engine = Depends(get_engine)) -> list[dict]:
+    """From the shared index, so every replica lists the same masks with their evaluations."""
+    return await asyncio.to_thread(_list, engine, state.catalog, offset, limit)
 
 
 @router.get("/masks/{mask_id:mask_ref}", response_model=MaskInfo, summary="One mask's metadata and metrics",
-            responses=errors(404, 409, 422, 503))
-async def get_mask(mask_id: str = MaskId, engine: Engine = Depends(get_engine)) -> dict:
-    await asyncio.to_thread(_fetch, engine, mask_id)
-    return await asyncio.to_thread(_info, engine, mask_id)
+            responses=errors(404, 422, 503))
+async def get_mask(mask_id: str = MaskId, state: AppState = Depends(get_state),
+                   engine: Engine = Depends(get_engine)) -> dict:
+    return await asyncio.to_thread(_one, engine, state.catalog, mask_id)
 
 
 @router.get("/masks/{mask_id:mask_ref}/file", summary="The mask file (safetensors)",
@@ -138,16 +134,39 @@ async def get_mask(mask_id: str = MaskId, engine: Engine = Depends(get_engine)) 
             responses={200: {"content": {"application/octet-stream":
                                          {"schema": {"type": "string", "format": "binary"}}},
                              "description": "the file; its sha256 is the mask_id"},
-                       **errors(404, 409, 422, 503)})
+                       **errors(404, 422, 503)})
 async def get_mask_file(mask_id: str = MaskId, engine: Engine = Depends(get_engine)) -> Response:
-    await asyncio.to_thread(_fetch, engine, mask_id)
-    try:
-        data = await asyncio.to_thread(engine.state.catalog.bytes, mask_id)
-    except (OSError, KeyError):  # removed from the catalog meanwhile
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no mask {mask_id}") from None
+    data = await asyncio.to_thread(engine.masks.file, mask_id)
     return Response(data, media_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="{mask_id}.safetensors"',
         "ETag": f'"{mask_id}"', "Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def _delete(engine: Engine, catalog: SharedCatalog, mask_id: str, force: bool) -> MaskDeleted:
+    if mask_id not in catalog:
+        raise UnknownMask(mask_id)
+    changed = engine.mirror.release_mask(mask_id, force)  # InUse unless forced
+    deleted = catalog.delete(mask_id)  # announced: every replica drops its copies
+    engine.forget_mask(mask_id)
+    return MaskDeleted(mask_id=mask_id, deleted=deleted, domains=[
+        DomainChange(name=r["name"], mask_id=None if r.get("deleted") else r.get("mask_id"),
+                     deleted=bool(r.get("deleted")), version=int(r.get("version") or 0))
+        for r in changed])
+
+
+@router.delete("/masks/{mask_id:mask_ref}", response_model=MaskDeleted,
+               dependencies=[Depends(require_admin)], summary="Delete a mask everywhere (admin)",
+               responses={**ADMIN, **errors(404, 409, 422, 503)})
+async def delete_mask(mask_id: str = MaskId,
+                      force: bool = Query(False, description=(
+                          "also when domains serve it or may roll back to it: each loses it from "
+                          "its history; one serving it rolls back to its newest other mask, or is "
+                          "deleted if it has none")),
+                      state: AppState = Depends(get_state),
+                      engine: Engine = Depends(get_engine)) -> MaskDeleted:
+    """Its index entry, blob and every replica's file. Without `force`, a 409 names the domains
+    that serve it or have it in their history."""
+    return await asyncio.to_thread(_delete, engine, state.catalog, mask_id, force)
 
 
 _UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -160,7 +179,7 @@ _UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": 
              summary="Import a mask searched elsewhere (admin)", dependencies=[Depends(require_admin)],
              openapi_extra=_UPLOAD, responses={200: {"model": MaskInfo, "description": "already known"},
                                                **ADMIN, **errors(400, 409, 413, 422, 503)})
-async def import_mask(request: Request, response: Response,
+async def import_mask(request: Request, response: Response, state: AppState = Depends(get_state),
                       engine: Engine = Depends(get_engine)) -> dict:
     """Verified before it enters the catalog: size, format, and the served base's sha256."""
     length = request.headers.get("content-length", "")
@@ -179,16 +198,8 @@ async def import_mask(request: Request, response: Response,
                             f"a mask file is at most {MAX_FILE_BYTES} bytes")
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the uploaded file is empty")
-    try:
-        mask, existed = await asyncio.to_thread(engine.import_mask, data)
-    except ForeignMaskError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"mask refused: {e}") from None
-    except MaskError as e:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"not a usable mask file: {e}") from None
-    except redis.RedisError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Redis is unreachable",
-                            headers={"Retry-After": "1"}) from None
+    mask, existed = await asyncio.to_thread(engine.import_mask, data)
     response.headers["Location"] = f"/masks/{mask.mask_id}"
     if existed:
         response.status_code = status.HTTP_200_OK
-    return await asyncio.to_thread(_info, engine, mask.mask_id)
+    return await asyncio.to_thread(_one, engine, state.catalog, mask.mask_id)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from live_server import THREADS, make_mask, reference, settings_for
 
-from service.engine import Saturated, UnknownDomain, UnknownMask
+from service.errors import Saturated, UnknownDomain, UnknownMask
 from service.state import AppState
 from store.connection import EmbeddedRedis
 from trainer.generator import latents
@@ -77,7 +77,7 @@ def running(tmp_path, redis_url):
 def _add(state: AppState, data: bytes, domain: str | None = None) -> str:
     state.engine.import_mask(data)
     if domain:
-        state.engine.apply(state.domains.promote(domain, mid(data)))
+        state.engine.mirror.apply(state.domains.promote(domain, mid(data)))
     return mid(data)
 
 
@@ -113,8 +113,7 @@ def test_steps_group_requests_by_mask(running, masks):
     a, b = (_add(r.state, m) for m in masks[:2])
     with e.hold():
         futs = [e.submit(m, s, 2) for s, m in enumerate([a, b, a, b, a, b])]
-        with e._cond:
-            chunks = e._take(8)
+        chunks = e.batcher.take(8)
         assert [c[0].mask_id for c in chunks] == [a, a, a, b]  # the oldest mask first, then fill
         assert e.queue_depth() == 4
         e._step(chunks)  # run that step here while the loop is held; the loop does the rest
@@ -131,7 +130,7 @@ def test_lru_by_bytes_never_evicts_pinned(running, masks):
     a = _add(r.state, masks[0], "pin-a")
     b = _add(r.state, masks[1], "lru-b")
     c = _add(r.state, masks[2], "lru-c")
-    e.apply(r.state.domains.set_pinned("pin-a", True))
+    e.mirror.apply(r.state.domains.set_pinned("pin-a", True))
     data = dict(zip((a, b, c), masks))
     for m in (a, b, c, b, c):  # b and c are rebuilt into the buffers of evicted entries
         assert np.array_equal(e.submit(m, 0, 2).result(60), reference(data[m], 0, 2))
@@ -141,28 +140,29 @@ def test_lru_by_bytes_never_evicts_pinned(running, masks):
     misses = e.metrics.cache_misses._value.get()
     e.submit(c, 1, 2).result(60)
     assert e.metrics.cache_misses._value.get() == misses  # warm: no rebuild
-    e.apply(r.state.domains.set_pinned("pin-a", False))
+    e.mirror.apply(r.state.domains.set_pinned("pin-a", False))
 
 
-def test_mask_only_in_redis_is_fetched_verified_and_cataloged(running, masks):
+def test_mask_only_in_the_shared_store_is_fetched_verified_and_cached(running, masks):
     writer = running()
     data = make_mask(0.4, 21)
-    writer.state.blobs.put(mid(data), data)  # as a worker on another host publishes it
+    writer.state.catalog.publish(data)  # as a worker on another host publishes it
     writer.state.domains.promote("fetched", mid(data))
-    r = running()  # a fresh replica with an empty catalog
-    assert mid(data) not in r.state.catalog
+    r = running()  # a fresh replica
+    r.engine.forget_mask(mid(data))  # with nothing of it (its readiness probe may have used it)
+    assert mid(data) not in r.state.catalog.local and mid(data) in r.state.catalog
     gen = r.run(r.engine.generate("fetched", 3, 2))
     assert gen.mask_id == mid(data) and np.array_equal(gen.images, reference(data, 3, 2))
-    assert mid(data) in r.state.catalog
+    assert mid(data) in r.state.catalog.local  # cached on this host's disk
     with pytest.raises(UnknownDomain):
         r.run(r.engine.generate("never-promoted", 0, 1))
     with pytest.raises(UnknownMask):
         r.engine.load_mask("0" * 64)
     foreign = make_mask(0.4, 21, base="width=0.0625,seed=3")
-    r.state.blobs.put(mid(foreign), foreign)
+    r.state.catalog.blobs.put(foreign)
     with pytest.raises(ForeignMaskError):
         r.engine.load_mask(mid(foreign))
-    assert mid(foreign) not in r.state.catalog
+    assert mid(foreign) not in r.state.catalog.local
 
 
 def test_mask_with_wrong_bn_statistics_is_refused(running, masks):
@@ -196,9 +196,11 @@ def test_promotion_elsewhere_warms_a_hot_domain(running, masks):
     a = _add(r.state, masks[0], "warm")
     b = _add(r.state, masks[1])
     r.run(e.generate("warm", 0, 2))  # a is hot now
+    e._cache.remove(b)  # the readiness probe may have run on b (any domain's mask)
+    assert not e.is_resident(b)
     r.state.domains.promote("warm", b)  # published; the listener applies and prebuilds b
     t0 = time.monotonic()
-    while not e.is_resident(b) and time.monotonic() - t0 < 5:
+    while not (e.is_resident(b) and e.domains_view()["warm"] == b) and time.monotonic() - t0 < 5:
         time.sleep(0.01)
     assert e.is_resident(b) and e.domains_view()["warm"] == b
     assert a in e._cache  # nothing needed evicting

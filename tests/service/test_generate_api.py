@@ -27,9 +27,10 @@ from live_server import (
 )
 from PIL import Image
 
+from store.blobs import RedisBlobs
 from store.connection import EmbeddedRedis, connect
-from store.domains import DomainRegistry, MaskBlobs
-from trainer.masks import MaskCatalog, decode_mask
+from store.domains import DomainRegistry
+from trainer.masks import decode_mask
 
 DOMAINS = {"alpha": (0.5, 1), "beta": (0.3, 2), "gamma": (0.7, 3)}  # name -> (k, seed)
 
@@ -263,7 +264,7 @@ def test_domain_on_a_foreign_base_is_409_and_a_missing_mask_is_503(client, masks
     # registry accepts it, this replica cannot serve it
     foreign = make_mask(0.5, 4, "foreign", base="width=0.0625,seed=1")
     r = connect(redis_url)
-    MaskBlobs(r).put(mask_id(foreign), foreign)
+    RedisBlobs(r).put(foreign)
     DomainRegistry(r).promote("foreign", mask_id(foreign), by="job:elsewhere")
     body = assert_error(client.get("/generate", params={"domain": "foreign", "seed": 1}), 409)
     assert "another base" in body["detail"] and "'foreign'" in body["detail"]
@@ -276,7 +277,7 @@ def test_domain_on_a_foreign_base_is_409_and_a_missing_mask_is_503(client, masks
     assert client.get("/generate", params={"domain": "alpha", "seed": 1}).status_code == 200
 
 
-def test_readyz_is_503_until_a_first_generation_and_while_redis_is_down(tmp_path):
+def test_readyz_is_503_until_a_first_generation_and_without_redis_or_domains(tmp_path):
     """A real server observed as it starts: its readiness probe generates 2 images, and a
     batch window longer than that (SLT_BATCH_WINDOW_MS, 2 < max_batch) keeps that first
     generation waiting for 4 s after the server answers, so /readyz is seen false honestly."""
@@ -298,11 +299,14 @@ def test_readyz_is_503_until_a_first_generation_and_while_redis_is_down(tmp_path
             assert body["detail"] == "not ready: no generation has succeeded yet"
             assert r.headers["retry-after"] == "1" and not srv.engine.generated_ok
             wait_ready(srv.url, 60)  # then the first generation completes
-            assert srv.engine.generated_ok and httpx.get(f"{srv.url}/readyz").json()["ready"] is True
+            ready = httpx.get(f"{srv.url}/readyz").json()
+            assert srv.engine.generated_ok and ready["ready"] is True
+            assert ready["status"] == "ready" and ready["redis"] is True and ready["domains_known"] == 0
 
-            redis_server.stop()  # Redis goes away: not ready, and no domain can be resolved
+            # Redis goes away while this replica knows no domain: it could serve nothing
+            redis_server.stop()
             body = assert_error(httpx.get(f"{srv.url}/readyz", timeout=10), 503)
-            assert body["detail"] == "not ready: Redis is unreachable"
+            assert body["detail"] == "not ready: Redis is unreachable and this replica knows no domain"
             r = httpx.get(f"{srv.url}/generate", params={"domain": "never-seen"}, timeout=30)
             body = assert_error(r, 503)
             assert "Redis" in body["detail"] and r.headers["retry-after"] == "1"
@@ -352,7 +356,7 @@ def test_put_domain_errors(admin, masks, redis_url):
     assert_error(admin.put("/domains/never-created", json={"pinned": True}), 404)
     # a mask of another base that reached Redis (made by a worker serving another base)
     foreign = make_mask(0.5, 1, "alpha", base="width=0.0625,seed=1")
-    MaskBlobs(connect(redis_url)).put(mask_id(foreign), foreign)
+    RedisBlobs(connect(redis_url)).put(foreign)
     body = assert_error(admin.put("/domains/alpha", json={"mask_id": mask_id(foreign)}), 409)
     assert "base" in body["detail"]
 
@@ -404,17 +408,17 @@ def test_import_refuses_malformed_tensor_headers(admin, masks, changes):
 
 def test_mask_routes(server, client, masks):
     a = mask_id(masks["alpha"])
-    catalog = MaskCatalog(server.settings.masks_dir)
-    # an evaluation sidecar keyed by split, as the worker and `trainer evaluate --record` write
-    # it (NaN included: JSON has no NaN, so null)
-    catalog.record_metrics(a, {"heldout": {"fid": 123.5, "kid": float("nan"), "n": 16, "split": "heldout"}})
+    catalog = server.app.state.core.catalog  # the shared one: every replica lists the same
+    # an evaluation keyed by split, as the worker and `trainer evaluate --record` write it
+    # (NaN included: JSON has no NaN, so null)
+    catalog.record_evaluation(a, {"heldout": {"fid": 123.5, "kid": float("nan"), "n": 16, "split": "heldout"}})
     listed = {m["mask_id"]: m for m in client.get("/masks").json()}
     assert listed[a]["evaluation"] == {"heldout": {"fid": 123.5, "kid": None, "n": 16, "split": "heldout"}}
     assert client.get(f"/masks/{a}").json()["evaluation"] == listed[a]["evaluation"]
-    # a flat sidecar, as older workers wrote it, is shown under its own split (else heldout)
+    # a flat evaluation, as older workers wrote it, is shown under its own split (else heldout)
     b, c = mask_id(masks["beta"]), mask_id(masks["gamma"])
-    catalog.record_metrics(b, {"fid": 99.0, "n": 8, "split": "train"})
-    catalog.record_metrics(c, {"fid": 98.0, "kid": 0.25})
+    catalog.record_evaluation(b, {"fid": 99.0, "n": 8, "split": "train"})
+    catalog.record_evaluation(c, {"fid": 98.0, "kid": 0.25})
     assert client.get(f"/masks/{b}").json()["evaluation"] == {"train": {"fid": 99.0, "n": 8, "split": "train"}}
     assert client.get(f"/masks/{c}").json()["evaluation"] == {"heldout": {"fid": 98.0, "kid": 0.25}}
     assert listed[a]["served"] and listed[a]["k"] == 0.5 and listed[a]["base_sha256"]

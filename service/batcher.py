@@ -1,0 +1,163 @@
+"""The generation queue: requests counted in images and bounded (429 beyond), taken in steps of
+at most `max_batch` images, filled by mask in order of each mask's oldest waiting request, so a
+mixed stream still runs in large per-mask groups. Also queues warm-ups (weights to build while
+idle) and lets maintenance hold the inference loop."""
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import NotRunning, Saturated
+from service.metrics import ServingMetrics
+from trainer.masks import MaskFile
+
+
+@dataclass(eq=False)
+class Request:
+    """Images 0..n-1 of `seed` under one mask; holds the MaskFile itself, so the mask outlives
+    any eviction from the RAM cache while the request waits."""
+
+    mask_id: str  # or engine.BASE_KEY: the plain base
+    mask: MaskFile | None  # None for the base, or a mask whose weights were resident
+    seed: int
+    n: int
+    future: concurrent.futures.Future
+    images: np.ndarray  # uint8 [n,H,W,3], filled chunk by chunk
+    enqueued: float = field(default_factory=time.monotonic)
+    taken: int = 0  # images handed to a step
+    done: int = 0  # images written
+
+
+Chunk = tuple[Request, int, int]  # (request, first index, count)
+
+
+class Batcher:
+    """A bounded queue of `Request`s and the inference loop's source of work."""
+
+    def __init__(self, queue_limit: int, max_batch: int, window_s: float,
+                 metrics: ServingMetrics | None = None):
+        self.queue_limit, self.max_batch, self.window_s = queue_limit, max(1, max_batch), window_s
+        self.metrics = metrics
+        self._cond = threading.Condition()  # an RLock inside: take() may be called holding it
+        self._queue: deque[Request] = deque()
+        self._queued = 0  # images not yet handed to a step
+        self._warm: deque[MaskFile] = deque()
+        self._held = 0
+        self._stopped = False
+        self._rate = 0.0  # images/s, moving average, for Retry-After
+
+    def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
+               shape: tuple[int, int, int] = (64, 64, 3)) -> concurrent.futures.Future:
+        """Queue a request; the future gives uint8 [n,*shape]. Saturated when the queue is full
+        (an empty queue takes any request, so n > queue_limit is slow, never impossible)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8))
+        with self._cond:
+            if self._stopped:
+                raise NotRunning("the generator is not running")
+            if self._queued and self._queued + n > self.queue_limit:
+                if self.metrics is not None:
+                    self.metrics.rejected.inc()
+                raise Saturated(self._retry_after_locked())
+            self._queue.append(req)
+            self._queued += n
+            self._gauge_locked()
+            self._cond.notify_all()
+        return fut
+
+    def warm(self, mask: MaskFile) -> None:
+        """Ask the loop to build this mask's weights when it has nothing else to do."""
+        with self._cond:
+            self._warm.append(mask)
+            self._cond.notify_all()
+
+    def next_work(self) -> tuple[str, list[Chunk] | MaskFile] | None:
+        """Block until a step is due (window over or batch full) or a warm-up is waiting;
+        ("step", chunks) or ("warm", mask); None once stopped."""
+        with self._cond:
+            while not self._stopped:
+                if not self._held and self._queue:
+                    now = time.monotonic()
+                    due = self._queue[0].enqueued + self.window_s
+                    if self._queued >= self.max_batch or now >= due:
+                        return "step", self.take(self.max_batch)
+                    self._cond.wait(due - now)
+                    continue
+                if not self._held and self._warm:
+                    return "warm", self._warm.popleft()
+                self._cond.wait(0.5)
+        return None
+
+    def take(self, cap: int) -> list[Chunk]:
+        """Up to `cap` images, by mask in order of each mask's oldest waiting request:
+        requests of the same mask share one forward pass even when they arrived apart."""
+        with self._cond:
+            live = [r for r in self._queue if not r.future.cancelled()]
+            for r in self._queue:
+                if r.future.cancelled():
+                    self._queued -= r.n - r.taken
+            order = list(dict.fromkeys(r.mask_id for r in live))
+            chunks: list[Chunk] = []
+            for mask_id in order:
+                for r in live:
+                    if cap == 0:
+                        break
+                    if r.mask_id != mask_id or r.taken == r.n:
+                        continue
+                    c = min(r.n - r.taken, cap)
+                    chunks.append((r, r.taken, c))
+                    r.taken += c
+                    cap -= c
+                    self._queued -= c
+            self._queue = deque(r for r in live if r.taken < r.n)
+            self._gauge_locked()
+            return chunks
+
+    def record(self, images: int, seconds: float) -> None:
+        """A step's throughput, for the Retry-After estimate."""
+        if images and seconds > 0:
+            with self._cond:
+                rate = images / seconds
+                self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the inference loop from starting new steps (maintenance, tests of the queue)."""
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
+
+    def stop(self) -> list[Request]:
+        """Refuse new requests, wake the loop; returns the requests still waiting."""
+        with self._cond:
+            self._stopped = True
+            pending, self._queue = list(self._queue), deque()
+            self._queued = 0
+            self._gauge_locked()
+            self._cond.notify_all()
+        return pending
+
+    def depth(self) -> int:
+        with self._cond:
+            return self._queued
+
+    def _retry_after_locked(self) -> int:
+        rate = self._rate or 1.0
+        return int(min(60, max(1, math.ceil(self._queued / rate))))
+
+    def _gauge_locked(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_images.set(self._queued)

@@ -1,0 +1,127 @@
+"""The service's domain errors and the one table that maps each (and what the store raises) to
+its HTTP answer, installed as app-level exception handlers: `{"detail": ...}` as JSON, with
+`Retry-After` on 429 and 503. Routes raise; they do not translate."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
+
+from trainer.masks import ForeignMaskError, MaskError
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    """Base of the service's errors; each subclass has one HTTP status in `STATUS`."""
+
+
+class UnknownDomain(EngineError, LookupError):
+    """No such domain (404)."""
+
+    def __init__(self, name: str, hint: str = ""):
+        super().__init__(f"unknown domain {name!r}" + (f"; {hint}" if hint else ""))
+        self.name = name
+
+
+class UnknownMask(EngineError, LookupError):
+    """No such mask in the catalog, nor in the shared store (404)."""
+
+    def __init__(self, mask_id: str, detail: str = ""):
+        super().__init__(detail or f"no mask {mask_id}")
+        self.mask_id = mask_id
+
+
+class MaskUnavailable(EngineError):
+    """A domain's active mask cannot be had or served here just now (503)."""
+
+
+class ForeignBase(EngineError):
+    """A domain points to a mask of another base (409)."""
+
+
+class InUse(EngineError):
+    """A mask that a domain serves or may roll back to, deleted without force (409)."""
+
+
+class Saturated(EngineError):
+    """The generation queue is full (429)."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"generation queue is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class NotRunning(EngineError):
+    """Base not built yet, or the engine is shutting down (503)."""
+
+
+class GenerationFailed(EngineError):
+    """The forward pass failed (503)."""
+
+
+# Redis unreachable, through redis-py (records) or through kombu (messages)
+BROKER_ERRORS = (redis.RedisError, OperationalError)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    detail: Callable[[Exception], str] = str  # the body's `detail`
+    retry_after: Callable[[Exception], int] | None = None
+
+
+def _one_second(_: Exception) -> int:
+    return 1
+
+
+_REDIS_DOWN = Answer(503, lambda e: "Redis is unreachable", _one_second)
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS: tuple[tuple[type[Exception], Answer], ...] = (
+    (UnknownDomain, Answer(404)),
+    (UnknownMask, Answer(404)),
+    (ForeignBase, Answer(409)),
+    (InUse, Answer(409)),
+    (Saturated, Answer(429, retry_after=lambda e: e.retry_after)),  # type: ignore[attr-defined]
+    (MaskUnavailable, Answer(503, retry_after=_one_second)),
+    (NotRunning, Answer(503, retry_after=_one_second)),
+    (GenerationFailed, Answer(503, retry_after=_one_second)),
+    (ForeignMaskError, Answer(409, lambda e: f"mask refused: {e}")),
+    (MaskError, Answer(422, lambda e: f"not a usable mask file: {e}")),
+    (redis.RedisError, _REDIS_DOWN),
+    (OperationalError, _REDIS_DOWN),
+)
+
+
+def answer_for(exc: Exception) -> Answer | None:
+    for cls, answer in STATUS:
+        if isinstance(exc, cls):
+            return answer
+    return None
+
+
+def response_for(exc: Exception) -> JSONResponse:
+    """The JSON answer of a mapped error (500 for anything else, never a traceback)."""
+    answer = answer_for(exc)
+    if answer is None:
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+    headers = {"Retry-After": str(answer.retry_after(exc))} if answer.retry_after else None
+    return JSONResponse({"detail": answer.detail(exc)}, status_code=answer.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """One exception handler per mapped class; each answers as `STATUS` says."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, BROKER_ERRORS):  # the operator wants to know, the client gets a 503
+            log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
+        return response_for(exc)
+
+    for cls, _ in STATUS:
+        app.add_exception_handler(cls, handle)
