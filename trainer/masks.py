@@ -1,8 +1,12 @@
 """The mask file (a domain), and the content-addressed `MaskCatalog` that holds them.
 
 A mask file is safetensors: one uint8 tensor per masked parameter, named as the parameter,
-holding its mask bits packed in numpy `packbits` order (true shape in metadata), plus the
-domain's BatchNorm running statistics as float16. `mask_id` is the sha256 of the file bytes.
+plus the domain's BatchNorm running statistics as float16. In `slt-mask/1` each tensor holds
+the mask bits packed in numpy `packbits` order (true shape in metadata); in `slt-mask/2`
+(written by default) it holds those packed bits entropy-coded against the layer's kept
+fraction (trainer.mask_coding), with the coder, each layer's kept count and a sha256 of the
+packed bits in the metadata field `coder`. Both are read. `mask_id` is the sha256 of the
+file bytes.
 We serialise safetensors ourselves (sorted keys, fixed layout) so equal content gives equal
 bytes and so equal ids; any safetensors reader opens the result.
 """
@@ -21,8 +25,11 @@ import numpy as np
 import torch
 
 from trainer.atomic_write import write_atomic
+from trainer.mask_coding import CODER, CodingError, decode_layer, encode_layer
 
-FORMAT = "slt-mask/1"
+FORMAT_V1, FORMAT_V2 = "slt-mask/1", "slt-mask/2"
+FORMAT = FORMAT_V2  # what encode_mask writes
+FORMATS = (FORMAT_V1, FORMAT_V2)
 MAX_FILE_BYTES = 64 << 20  # a width-2 base still fits; anything larger is not a mask
 MAX_HEADER_BYTES = 1 << 20
 MASK_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -117,24 +124,55 @@ def _serialise(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
+def _bits_sha256(packed: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(packed):
+        h.update(name.encode() + b"\0" + packed[name].tobytes())
+    return h.hexdigest()
+
+
+def _serialise_mask(packed: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+                    bn: dict[str, np.ndarray], meta: dict[str, str], fmt: str) -> bytes:
+    """Mask-file bytes of packed bits (coded for slt-mask/2), float16 BN statistics, metadata."""
+    m = {k: v for k, v in meta.items() if k != "coder"}
+    m.update(format=fmt, shapes=json.dumps({k: list(v) for k, v in shapes.items()}, sort_keys=True))
+    tensors: dict[str, np.ndarray] = dict(bn)
+    if fmt == FORMAT_V1:
+        tensors.update(packed)
+    else:
+        kept = {k: int(np.unpackbits(v).sum()) for k, v in packed.items()}  # padding bits are 0
+        tensors.update({k: encode_layer(v, math.prod(shapes[k]), kept[k]) for k, v in packed.items()})
+        m["coder"] = json.dumps({"name": CODER, "kept": kept, "bits_sha256": _bits_sha256(packed)},
+                                sort_keys=True, separators=(",", ":"))
+    return _serialise(tensors, m)
+
+
 def encode_mask(masks: dict[str, torch.Tensor], bn: dict[str, torch.Tensor],
-                meta: dict[str, object]) -> bytes:
-    """Serialise bool masks, BN statistics and metadata to mask-file bytes."""
-    shapes = {k: list(v.shape) for k, v in masks.items()}
+                meta: dict[str, object], fmt: str = FORMAT) -> bytes:
+    """Serialise bool masks, BN statistics and metadata to mask-file bytes (`fmt`: slt-mask/2,
+    entropy-coded, or slt-mask/1, plain packed bits)."""
+    if fmt not in FORMATS:
+        raise MaskError(f"unknown mask format {fmt!r}; one of {FORMATS}")
+    shapes = {k: tuple(v.shape) for k, v in masks.items()}
     m = {k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in meta.items()}
-    m.update(format=FORMAT, shapes=json.dumps(shapes, sort_keys=True))
     m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     m.setdefault("metrics", "{}")
-    missing = [k for k in REQUIRED_META if k not in m]
+    missing = [k for k in REQUIRED_META if k not in m and k not in ("format", "shapes")]
     if missing:
         raise MaskError(f"mask metadata lacks {missing}")
-    tensors = {k: pack_bits(v) for k, v in masks.items()}
+    bn_arrays = {}
     for k, v in bn.items():
         a = v.detach().to("cpu", torch.float32).numpy()
         if not np.all(np.isfinite(a)) or np.abs(a).max(initial=0) > 65504:
             raise MaskError(f"BatchNorm statistic {k} does not fit float16 (max |x|={np.abs(a).max()})")
-        tensors[k] = a.astype(np.float16)
-    return _serialise(tensors, m)
+        bn_arrays[k] = a.astype(np.float16)
+    return _serialise_mask({k: pack_bits(v) for k, v in masks.items()}, shapes, bn_arrays, m, fmt)
+
+
+def convert(data: bytes, fmt: str = FORMAT) -> bytes:
+    """The same mask (bits, statistics, metadata) in another file format: a new mask_id."""
+    mask = decode_mask(data)
+    return _serialise_mask(mask.packed, mask.shapes, mask.bn, mask.meta, fmt)
 
 
 def _is_dims(v: object) -> bool:
@@ -163,9 +201,10 @@ def decode_mask(data: bytes) -> MaskFile:
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise MaskError("not a mask file: __metadata__ must map names to strings")
-    if meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise MaskError(f"unsupported mask format {got!r}; this build reads {FORMAT!r}")
+    fmt = meta.get("format")
+    if fmt not in FORMATS:
+        raise MaskError(f"unsupported mask format {fmt!r}; this build reads {' and '.join(FORMATS)}")
+    coder = _coder(meta) if fmt == FORMAT_V2 else None
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise MaskError(f"mask metadata lacks {missing}")
@@ -194,6 +233,8 @@ def decode_mask(data: bytes) -> MaskFile:
             if name not in shapes:
                 raise MaskError(f"tensor {name!r} has no shape in metadata")
             n = math.prod(shapes[name])
+            if coder is not None:
+                arr = _decode_stream(name, arr, n, coder)
             if arr.shape != ((n + 7) // 8,):
                 raise MaskError(f"tensor {name!r}: {arr.size} bytes cannot hold {n} mask bits")
             if n % 8 and int(arr[-1]) & ((1 << (8 - n % 8)) - 1):
@@ -207,7 +248,37 @@ def decode_mask(data: bytes) -> MaskFile:
         raise MaskError("file has trailing bytes after its tensors (corrupt or truncated)")
     if set(shapes) != set(packed):
         raise MaskError(f"metadata shapes and mask tensors disagree: {sorted(set(shapes) ^ set(packed))}")
+    if coder is not None and _bits_sha256(packed) != coder["bits_sha256"]:
+        raise MaskError("coded mask bits do not match their sha256 (corrupt stream)")
     return MaskFile(packed, shapes, bn, meta, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _coder(meta: dict[str, str]) -> dict:
+    """The `coder` metadata of an slt-mask/2 file, checked."""
+    try:
+        coder = json.loads(meta["coder"])
+        ok = (isinstance(coder, dict) and coder.get("name") == CODER
+              and isinstance(coder.get("kept"), dict) and _is_dims(list(coder["kept"].values()))
+              and isinstance(coder.get("bits_sha256"), str))
+    except (KeyError, json.JSONDecodeError, TypeError):
+        ok = False
+    if not ok:
+        raise MaskError(f"slt-mask/2 metadata 'coder' must name {CODER!r} with each layer's kept "
+                        "count and the bits' sha256")
+    return coder
+
+
+def _decode_stream(name: str, stream: np.ndarray, n: int, coder: dict) -> np.ndarray:
+    kept = coder["kept"].get(name)
+    if kept is None or kept > n:
+        raise MaskError(f"tensor {name!r}: no valid kept count in the coder metadata")
+    try:
+        packed = decode_layer(stream, n, kept)
+    except CodingError as e:
+        raise MaskError(f"tensor {name!r}: corrupt coded stream ({e})") from None
+    if int(np.unpackbits(packed).sum()) != kept:
+        raise MaskError(f"tensor {name!r}: coded stream does not hold {kept} kept weights (corrupt)")
+    return packed
 
 
 def with_metrics(data: bytes, metrics: dict) -> bytes:
@@ -215,7 +286,7 @@ def with_metrics(data: bytes, metrics: dict) -> bytes:
     mask = decode_mask(data)
     meta = dict(mask.meta)
     meta["metrics"] = json.dumps({**json.loads(meta.get("metrics") or "{}"), **metrics}, sort_keys=True)
-    return _serialise({**mask.packed, **mask.bn}, meta)
+    return _serialise_mask(mask.packed, mask.shapes, mask.bn, meta, meta["format"])
 
 
 def check_base(mask: MaskFile, base_sha: str) -> None:

@@ -105,7 +105,7 @@ W = "blocks.0.conv1.weight"
     (lambda d: d + b"xx", "trailing"),
     (lambda d: b"\x00" * 3, "too short"),
     (lambda d: struct.pack("<Q", 10) + b"not json!!" + d[18:], "not JSON"),
-    (lambda d: _tamper_meta(d, format="slt-mask/2"), "unsupported mask format"),
+    (lambda d: _tamper_meta(d, format="slt-mask/3"), "unsupported mask format"),
     (lambda d: _tamper_meta(d, shapes="{}"), "disagree|no shape"),
 ])
 def test_corrupt_files_are_refused_with_a_reason(small_mask, mutate, message):
