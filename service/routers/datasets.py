@@ -99,7 +99,7 @@ async def upload_dataset(request: Request, state: AppState = Depends(get_state))
             raise UploadError(409, f"dataset {name!r} already exists (uploaded through another replica)")
         limits = Limits(s.max_upload_bytes, s.max_unpacked_bytes, s.max_archive_entries)
         info = await run_in_threadpool(install_upload, work / "upload", work, datasets_dir, name, limits)
-        await run_in_threadpool(_publish, state, datasets_dir / name, name, info)
+        manifest = await run_in_threadpool(_publish, state, datasets_dir / name, name, info)
     except UploadError as e:
         raise HTTPException(e.status_code, e.detail) from None
     finally:
@@ -108,14 +108,15 @@ async def upload_dataset(request: Request, state: AppState = Depends(get_state))
         state.jobs.warm_dataset_stats(name)
     except BROKER_ERRORS as e:  # only a head start for the first search
         log.warning("could not queue the statistics of dataset %s: %s", name, e)
-    return {**info, "local": True, "shared": True}
+    return {**info, "local": True, "shared": True, "sha256": manifest.get("sha256"),
+            "bytes": manifest.get("bytes")}
 
 
-def _publish(state: AppState, folder: Path, name: str, info: dict) -> None:
+def _publish(state: AppState, folder: Path, name: str, info: dict) -> dict:
     """Share an installed dataset with every host; on failure uninstall it, so a refused
     upload leaves nothing behind (507 over the shared cap, 503 without Redis)."""
     try:
-        state.datasets.publish(name, folder, info)
+        return state.datasets.publish(name, folder, info)
     except ValueError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise UploadError(507, str(e)) from None

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from live_server import LiveServer, settings_for
 from slt_stack import Stack, copy_images
 
 from service.uploads import Limits, UploadError, unpack_archive, validate_dataset
@@ -176,13 +177,25 @@ def entries(stack: Stack) -> list[str]:
 def test_uploaded_zip_becomes_a_dataset_a_search_can_use(stack: Stack, good_zip, pngs):
     r = upload(stack, "uploaded", good_zip)
     assert r.status_code == 201, r.text
-    assert r.json() == {"name": "uploaded", "format": "folder", "images": 24, "skipped": 0, "error": None}
+    body = r.json()
+    assert len(body.pop("sha256")) == 64 and body.pop("bytes") > 0
+    assert body == {"name": "uploaded", "format": "folder", "images": 24, "skipped": 0, "error": None,
+                    "local": True, "shared": True}
     r = upload(stack, "uploaded-tar", tar_bytes([(tar_info(n), d) for n, d in pngs]), "data.tar.gz")
     assert r.status_code == 201 and r.json()["images"] == 24
     with stack.client(admin=False) as c:
         listed = {d["name"]: d for d in c.get("/datasets").json()}
     assert listed["uploaded"]["images"] == 24 and listed["uploaded-tar"]["format"] == "folder"
+    assert listed["uploaded"]["shared"] and listed["uploaded"]["local"] and not listed["tiny"]["shared"]
     assert entries(stack) == ["tiny", "uploaded", "uploaded-tar"]
+    # a replica with a disk of its own lists it too, from the shared store, with the same fields
+    with LiveServer(settings_for(stack.home.parent / "replica", stack.redis.url)) as replica, \
+            replica.client() as c:
+        there = {d["name"]: d for d in c.get("/datasets").json()}
+    assert "tiny" not in there
+    assert {k: there["uploaded"][k] for k in ("name", "format", "images", "local", "shared")} == \
+        {"name": "uploaded", "format": "folder", "images": 24, "local": False, "shared": True}
+    assert there["uploaded"]["sha256"] == listed["uploaded"]["sha256"] and there["uploaded"]["bytes"] > 0
 
     stack.start_worker()
     job = stack.wait_job(stack.submit("uploaded", iterations=4))
@@ -217,3 +230,15 @@ def test_upload_refusals_leave_nothing_behind(stack: Stack, pngs, good_zip, zip_
         assert c.post("/datasets", json={"name": "x"}).status_code == 415
         assert c.post("/datasets", data={"name": "nofile"}, files={"other": ("a", b"")}).status_code == 422
     assert entries(stack) == before
+
+
+def test_upload_over_the_shared_cap_is_507_and_leaves_nothing(stack: Stack, good_zip, tmp_path):
+    """Installed here, then refused by the shared store: uninstalled, so no replica sees it."""
+    settings = settings_for(tmp_path / "home", stack.redis.url, shared_dataset_max_bytes=1000,
+                            max_upload_bytes=LIMITS.upload_bytes)
+    with LiveServer(settings) as srv, srv.client(admin=True) as c:
+        r = c.post("/datasets", data={"name": "over-cap"}, files={"file": ("a.zip", good_zip)})
+        assert r.status_code == 507 and "SLT_SHARED_DATASET_MAX_BYTES" in r.json()["detail"], r.text
+        assert "over-cap" not in {d["name"] for d in c.get("/datasets").json()}
+        left = [p.name for p in settings.datasets_dir.iterdir()] if settings.datasets_dir.exists() else []
+        assert left == []
