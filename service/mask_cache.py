@@ -59,8 +59,8 @@ class MaskCache:
             return mask
         with self._lock:
             refused = self._refused.get(mask_id)
-            if refused is not None:
-                raise refused
+            if refused is not None:  # a fresh error each time: a kept one would pile up tracebacks
+                raise type(refused)(str(refused))
             fut = self._loading.get(mask_id)
             owner = fut is None
             if owner:  # one load per id; concurrent callers wait for it
@@ -91,7 +91,7 @@ class MaskCache:
             if not had_file:  # fetched just now: keep no copy of a file this host refuses
                 self.catalog.drop_local(mask_id)
             with self._lock:
-                self._refused[mask_id] = e
+                self._refused[mask_id] = type(e)(str(e))  # without the frames of this call
                 while len(self._refused) > REFUSED_MEMO:
                     self._refused.popitem(last=False)
             raise
@@ -104,11 +104,10 @@ class MaskCache:
         except KeyError:
             raise UnknownMask(mask_id) from None
 
-    def refused(self, mask_id: str) -> str | None:
+    def refusal(self, mask_id: str) -> MaskError | None:
         """Why this host refused the mask, if it tried and did."""
         with self._lock:
-            e = self._refused.get(mask_id)
-        return str(e) if e is not None else None
+            return self._refused.get(mask_id)
 
     # writing -----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from trainer.masks import ForeignMaskError, MaskError
+
 
 def evaluation_by_split(sidecar: dict) -> dict[str, dict]:
     """A mask's evaluation as `{split: metrics}`, the format `python -m trainer evaluate
@@ -30,20 +32,21 @@ def finite(obj: Any) -> Any:
 
 
 def mask_view(entry: dict, base_sha: str, domains: list[str], resident: bool,
-              refused: str | None = None) -> dict:
+              refusal: MaskError | None = None) -> dict:
     """One mask for GET /masks: its info, `evaluation` by split, and this replica's state.
-    `served` means this replica can serve it: made for the served base and not refused."""
+    `served` means this replica can serve it: made for the served base and not refused;
+    `error` says why a mask of the served base was refused."""
     info = entry.get("info") if isinstance(entry.get("info"), dict) else {}
     out: dict[str, Any] = {**info, "mask_id": entry["mask_id"]}
     out.setdefault("bytes", entry.get("bytes"))
     evaluation = evaluation_by_split(entry.get("evaluation") or {})
     if evaluation:
         out["evaluation"] = evaluation
-    out["served"] = info.get("base_sha256") == base_sha and refused is None
+    out["served"] = info.get("base_sha256") == base_sha and refusal is None
     out["resident"] = resident
     out["domains"] = sorted(domains)
-    if refused is not None:
-        out["error"] = refused
+    if refusal is not None and not isinstance(refusal, ForeignMaskError):  # else: `served` says it
+        out["error"] = str(refusal)
     return finite(out)
 
 

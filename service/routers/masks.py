@@ -101,14 +101,14 @@ def _one(engine: Engine, catalog: SharedCatalog, mask_id: str) -> dict:
     if entry is None:
         raise UnknownMask(mask_id)
     return mask_view(entry, engine.base_sha, domains_by_mask(engine.domains_view()).get(mask_id, []),
-                     engine.is_resident(mask_id), engine.masks.refused(mask_id))
+                     engine.is_resident(mask_id), engine.masks.refusal(mask_id))
 
 
 def _list(engine: Engine, catalog: SharedCatalog, offset: int, limit: int) -> list[dict]:
     users = domains_by_mask(engine.domains_view())
     entries = catalog.entries(catalog.ids(offset, limit))
     return [mask_view(e, engine.base_sha, users.get(e["mask_id"], []),
-                      engine.is_resident(e["mask_id"]), engine.masks.refused(e["mask_id"]))
+                      engine.is_resident(e["mask_id"]), engine.masks.refusal(e["mask_id"]))
             for e in entries if e is not None]
 
 

@@ -265,9 +265,38 @@ def test_readyz_is_degraded_while_redis_is_killed_and_known_domains_still_genera
                 assert np.array_equal(pixels(r.content), reference_grid(reference(data, 9, 2)))
             r = _generated(c, "never-known")  # needs Redis: a 503 with Retry-After, never a 500
             assert r.status_code == 503 and r.headers["retry-after"] == "1" and "Redis" in r.json()["detail"]
-            assert c.get("/domains").status_code == 503
+            for r in (c.get("/domains"), c.get("/jobs"), c.get("/masks"),  # the store's errors:
+                      c.post("/masks", json={"domain": "x", "dataset": "tiny"})):  # one mapping
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert r.json() == {"detail": "Redis is unreachable"}
+            assert c.get("/metrics").status_code == 200  # without the job counts
 
             redis_server = EmbeddedRedis(root, port=redis_server.port).start()  # back
             _eventually(lambda: c.get("/readyz").json().get("status") == "ready", timeout=15)
     finally:
         redis_server.stop()
+
+
+# the shared catalog -------------------------------------------------------------------
+
+
+def test_every_replica_lists_the_same_masks_with_their_evaluations(pair, redis_server):
+    a, b = pair
+    data = make_mask(0.45, 60, "listed")
+    foreign = make_mask(0.45, 60, "listed", base="width=0.0625,seed=5")  # a worker of another base
+    with a.client(admin=True) as ca, b.client() as cb:
+        i = _import(ca, data)
+        a.app.state.core.catalog.record_evaluation(i, {"heldout": {"fid": 12.5, "n": 8}})
+        fi, _ = a.app.state.core.catalog.publish(foreign)  # indexed, but not for this base
+        listed_a = {m["mask_id"]: m for m in ca.get("/masks").json()}
+        listed_b = {m["mask_id"]: m for m in cb.get("/masks").json()}
+        assert list(listed_a) == list(listed_b)  # same masks, newest first
+        assert listed_b[i]["evaluation"] == {"heldout": {"fid": 12.5, "n": 8}}
+        assert listed_b[i]["served"] and listed_b[i]["k"] == 0.45
+        assert not listed_b[fi]["served"] and listed_b[fi].get("error") is None
+        assert cb.get(f"/masks/{i}").json()["evaluation"] == listed_b[i]["evaluation"]
+        page = cb.get("/masks", params={"limit": 1, "offset": 1}).json()
+        assert [m["mask_id"] for m in page] == list(listed_b)[1:2]
+        r = ca.put("/domains/listed-foreign", json={"mask_id": fi})
+        assert r.status_code == 409 and "base" in r.json()["detail"]
+        assert not listed_b[fi]["served"]
