@@ -49,6 +49,7 @@ class AppState:
         self.domains = DomainRegistry(self.redis)
         try:  # masks made on this host before the catalog was shared (the upgrade path)
             await asyncio.to_thread(self.catalog.sync_local)
+            await asyncio.to_thread(self.jobs.store.ensure_indexes)  # jobs recorded before them
         except redis.RedisError as e:  # served from this host's files meanwhile; retried next start
             log.warning("local masks not synced to the shared catalog: %s", e)
         self.engine = Engine(s, self.catalog, self.domains, url, job_counts=self.jobs.store.counts)
