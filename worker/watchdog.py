@@ -98,7 +98,7 @@ class Watchdog(threading.Thread):
         outcome = self.ctx.store.requeue_running(job_id, note, max_failures=s.max_attempts,
                                                  error=error, kind=kind, since=since)
         if outcome == "requeued":
-            log.warning("job %s: %s (worker %s); sending the job again", job_id, kind, job["worker"])
+            log.warning("job %s: worker %s %s; sending the job again", job_id, job["worker"], kind)
             metrics.REQUEUES.labels(kind).inc()
             send_search(self.ctx.app, self.ctx.store, job_id, after="failure")
         elif outcome == "failed":
