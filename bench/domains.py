@@ -1,0 +1,155 @@
+"""Many domains on one replica: register N domains (each its own mask) in a real Redis, start
+the API as its own process, and measure what it costs: Redis memory per domain, the replica's
+start-up time and RSS, and GET /generate latency under a Zipf stream over the first M domains
+(cold swaps included), through real HTTP.
+
+    python -m bench.domains --domains 1000 --width 0.25
+    python -m bench.domains --domains 10000 --width 0.25 --zipf-over 1000 --requests 2000
+
+Masks are one random k=0.1 mask re-written N times with a different `domain` in its metadata:
+N distinct files (N ids, N entries in RAM and on the device), made in milliseconds each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from store.blobs import RedisBlobs
+from store.catalog import SharedCatalog
+from store.connection import EmbeddedRedis, connect, free_port
+from store.domains import DomainRegistry
+from trainer.generator import BaseSpec
+from trainer.masks import MaskCatalog, with_metrics
+from trainer.search import SearchConfig, random_mask
+
+log = logging.getLogger("bench.domains")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def redis_memory(client) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def register(client, home: Path, n: int, width: float) -> dict:
+    """N distinct masks in the shared catalog, each promoted to its own domain `d<i>`."""
+    base = random_mask(BaseSpec(width=width), SearchConfig(k=0.1, seed=0, bn_batches=1), "0" * 64)
+    catalog = SharedCatalog(client, RedisBlobs(client), MaskCatalog(home / "bench-writer"))
+    registry = DomainRegistry(client)
+    before = redis_memory(client)
+    t0 = time.monotonic()
+    size = 0
+    for i in tqdm(range(n), desc="registering", unit="domain"):
+        data = with_metrics(base, {"bench_domain": i})
+        mask_id, _ = catalog.publish(data)
+        catalog.drop_local(mask_id)  # the replica's disk starts empty: it fetches what it serves
+        registry.promote(f"d{i}", mask_id, by="bench")
+        size = len(data)
+    return {"domains": n, "mask_file_bytes": size, "register_s": round(time.monotonic() - t0, 1),
+            "redis_bytes_per_1000_domains": round((redis_memory(client) - before) / n * 1000),
+            "redis_used_bytes": redis_memory(client)}
+
+
+def zipf_stream(n_domains: int, count: int, s: float = 1.0, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n_domains + 1) ** s
+    return list(rng.choice(n_domains, size=count, p=w / w.sum()))
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{}"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--domains", type=int, default=1000)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--zipf-over", type=int, default=1000, help="the stream's domains (the first M)")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory(prefix="slt-bench-domains-") as tmp:
+        home = Path(tmp) / "home"
+        with EmbeddedRedis(Path(tmp) / "redis") as server:
+            client = connect(server.url)
+            out = register(client, home, args.domains, args.width)
+            port = free_port()
+            env = {**os.environ, "SLT_HOME": str(home / "replica"), "SLT_REDIS_URL": server.url,
+                   "SLT_BASE": f"width={args.width}", "SLT_PORT": str(port), "SLT_DEMO": "0",
+                   "SLT_DEVICE": "cpu", "SLT_LOG_LEVEL": "warning"}
+            t0 = time.monotonic()
+            api = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                while True:
+                    assert api.poll() is None, "the API exited"
+                    try:
+                        if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.1)
+                out["startup_s"] = round(time.monotonic() - t0, 2)
+                out["rss_idle_bytes"] = rss_of(api.pid)
+                stream = zipf_stream(min(args.zipf_over, args.domains), args.requests)
+                lat: list[float] = []
+                errors = 0
+
+                def one(i: int) -> None:
+                    nonlocal errors
+                    t = time.perf_counter()
+                    r = c.get("/generate", params={"domain": f"d{i}", "seed": 1})
+                    lat.append(time.perf_counter() - t)
+                    errors += r.status_code != 200
+
+                with httpx.Client(base_url=url, timeout=120,
+                                  limits=httpx.Limits(max_connections=args.clients)) as c, \
+                        ThreadPoolExecutor(args.clients) as pool:
+                    list(pool.map(one, stream))
+                    prom = c.get("/metrics").text
+                lat.sort()
+                out.update(
+                    zipf_over=min(args.zipf_over, args.domains), requests=len(lat), clients=args.clients,
+                    errors=errors, distinct_domains_hit=len(set(stream)),
+                    generate_p50_ms=round(1000 * statistics.median(lat), 1),
+                    generate_p99_ms=round(1000 * lat[int(0.99 * (len(lat) - 1))], 1),
+                    cold_swaps=int(metric(prom, "slt_cache_misses_total")),
+                    masks_in_ram=int(metric(prom, "slt_masks_in_ram")),
+                    masks_ram_bytes=int(metric(prom, "slt_masks_ram_bytes")),
+                    rss_after_bytes=rss_of(api.pid))
+            finally:
+                api.terminate()
+                api.wait(30)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
