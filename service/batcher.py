@@ -1,7 +1,10 @@
 """The generation queue: requests counted in images and bounded (429 beyond), taken in steps of
-at most `max_batch` images, filled by mask in order of each mask's oldest waiting request, so a
-mixed stream still runs in large per-mask groups. Also queues warm-ups (weights to build while
-idle) and lets maintenance hold the inference loop."""
+at most `max_batch` images shared between the masks (domains) with waiting requests by deficit
+round robin weighted by images: each step every waiting mask is offered an equal quantum, what
+one leaves unused goes to the others, and the next step starts after the last mask served. So
+a flood on one domain cannot starve another (a light domain's request waits about one step,
+not behind the whole flood), and each mask's share still runs as one group. Also queues
+warm-ups (weights to build while idle) and lets maintenance hold the inference loop."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -53,6 +56,8 @@ class Batcher:
         self._held = 0
         self._stopped = False
         self._rate = 0.0  # images/s, moving average, for Retry-After
+        self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
+        self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
                shape: tuple[int, int, int] = (64, 64, 3)) -> concurrent.futures.Future:
@@ -97,26 +102,51 @@ class Batcher:
         return None
 
     def take(self, cap: int) -> list[Chunk]:
-        """Up to `cap` images, by mask in order of each mask's oldest waiting request:
-        requests of the same mask share one forward pass even when they arrived apart."""
+        """Up to `cap` images by deficit round robin over the masks with waiting requests
+        (FIFO within a mask); see the module docstring."""
         with self._cond:
             live = [r for r in self._queue if not r.future.cancelled()]
             for r in self._queue:
                 if r.future.cancelled():
                     self._queued -= r.n - r.taken
-            order = list(dict.fromkeys(r.mask_id for r in live))
+            waiting: dict[str, list[Request]] = {}
+            for r in live:
+                if r.taken < r.n:
+                    waiting.setdefault(r.mask_id, []).append(r)
+            # round-robin order: masks already waiting keep their turn, new ones join the end
+            self._turn = deque([m for m in self._turn if m in waiting]
+                               + [m for m in waiting if m not in self._turn])
+            self._deficit = {m: d for m, d in self._deficit.items() if m in waiting}
             chunks: list[Chunk] = []
-            for mask_id in order:
-                for r in live:
-                    if cap == 0:
-                        break
-                    if r.mask_id != mask_id or r.taken == r.n:
+            served: list[str] = []
+            while cap > 0 and waiting:
+                quantum = max(1, cap // len(waiting))
+                for mask_id in list(self._turn):
+                    if cap == 0 or mask_id not in waiting:
                         continue
-                    c = min(r.n - r.taken, cap)
-                    chunks.append((r, r.taken, c))
-                    r.taken += c
-                    cap -= c
-                    self._queued -= c
+                    allowance = self._deficit.get(mask_id, 0) + quantum
+                    for r in waiting[mask_id]:
+                        if allowance == 0 or cap == 0:
+                            break
+                        c = min(r.n - r.taken, allowance, cap)
+                        if c == 0:
+                            continue
+                        chunks.append((r, r.taken, c))
+                        r.taken += c
+                        allowance -= c
+                        cap -= c
+                        self._queued -= c
+                    served.append(mask_id)
+                    if all(r.taken == r.n for r in waiting[mask_id]):
+                        del waiting[mask_id]
+                        self._deficit.pop(mask_id, None)
+                    else:
+                        self._deficit[mask_id] = allowance
+            if served:  # the next step starts after the last mask served
+                last = served[-1]
+                while self._turn and self._turn[0] != last:
+                    self._turn.rotate(-1)
+                self._turn.rotate(-1)
             self._queue = deque(r for r in live if r.taken < r.n)
             self._gauge_locked()
             return chunks

@@ -45,9 +45,8 @@ _watchdog = None
 def _on_ready(**_) -> None:
     global _watchdog
     from worker.demo import queue_demo_jobs, seed_shipped_masks
-    from worker.watchdog import Watchdog
-
     from worker.metrics import serve
+    from worker.watchdog import Watchdog
 
     ctx = context()
     log.info("worker %s ready on %s (device %s)", ctx.owner, app.conf.broker_url, ctx.device)

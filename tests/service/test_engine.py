@@ -114,7 +114,8 @@ def test_steps_group_requests_by_mask(running, masks):
     with e.hold():
         futs = [e.submit(m, s, 2) for s, m in enumerate([a, b, a, b, a, b])]
         chunks = e.batcher.take(8)
-        assert [c[0].mask_id for c in chunks] == [a, a, a, b]  # the oldest mask first, then fill
+        # the step is shared between the two masks (4 images each), oldest requests first
+        assert [(c[0].mask_id, c[0].seed) for c in chunks] == [(a, 0), (a, 2), (b, 1), (b, 3)]
         assert e.queue_depth() == 4
         e._step(chunks)  # run that step here while the loop is held; the loop does the rest
     for f in futs:

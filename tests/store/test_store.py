@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import time
-from pathlib import Path
 
 import pytest
 from slt_stack import copy_images
