@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLT_HOME ?= $(CURDIR)/var
 
-.PHONY: install test lint data run clean
+.PHONY: install test lint data run clean bench bench-quick
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,13 @@ data: install
 # searches it in minutes and the shipped demo masks are for it (docs/TIME_TO_QUALITY.md).
 run: install data
 	SLT_DEMO=$${SLT_DEMO:-1} SLT_BASE=$${SLT_BASE-width=0.25} $(BIN)/python -m service.launcher
+
+# Every benchmark (docs/BENCHMARKS.md and docs/results/bench.json); bench-quick: ~10 min on 2 cores.
+bench: install data
+	$(BIN)/python -m bench
+
+bench-quick: install data
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

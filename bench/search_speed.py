@@ -1,15 +1,23 @@
-"""Search iteration time: this project's search loop vs a plain port of the released loop.
+"""Search iteration time: this project's search loop vs a plain port of the released loop, and
+the roofline share of an iteration.
 
 "Ours" is `trainer.search.search` itself (kthvalue selection; on CUDA bf16 autocast and
 channels_last), timed per iteration through its progress callback. The plain port does what the
 released code does each step: a full sort of every layer's |scores| to build the mask, fp32,
 the same cached real statistics, generator, extractor and batch. Prints JSON; run as
 `python bench/search_speed.py --dataset var/datasets/emoji-google --width 1 --device cuda`.
+
+Roofline share: the FLOPs of an iteration's convolutions, counted from their shapes (forward;
+backward to the input everywhere and to the weights in the generator, whose masked weights
+get a gradient), at the time one iteration of the real loop takes, over the same FLOPs at the
+time those convolutions take alone (random tensors of the same shapes, forward and backward):
+the share of an iteration the device spends at the speed it reaches on its convolutions.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -79,6 +87,94 @@ def time_ours(width: float, batch: int, device: str, steps: int, features: str, 
     search(BaseSpec(width=width), cfg, dataset, device=device,
            progress=lambda p: (sync(device), stamps.append(time.perf_counter())))
     return median([b - a for a, b in zip(stamps[1:], stamps[2:])])
+
+
+def _conv_flops(kind: str, x: tuple, w: tuple, y: tuple, groups: int) -> float:
+    """Multiply-adds x 2 of one forward convolution: per output (conv) or input (transposed)
+    element, a dot product over (C/groups) x kh x kw."""
+    if kind == "conv":
+        return 2.0 * math.prod(y) * (w[1] * w[2] * w[3])
+    return 2.0 * math.prod(x) * (w[1] * w[2] * w[3])  # convT weight [Cin, Cout/groups, kh, kw]
+
+
+def capture_convs(width: float, batch: int, device: str, features: str) -> list[dict]:
+    """Every convolution of one search step (generator and extractor) with its shapes."""
+    g = build_base(BaseSpec(width=width), device, **MASKED_LAYERS)
+    init_scores(g, 0)
+    Pruner(g, 0.1, "local")
+    extractor = load_extractor(features, device)
+    seen: list[dict] = []
+
+    def hook(part: str):
+        def f(m, inp, out):
+            kind = "convT" if isinstance(m, torch.nn.ConvTranspose2d) else "conv"
+            seen.append({"part": part, "kind": kind, "x": tuple(inp[0].shape), "w": tuple(m.weight.shape),
+                         "y": tuple(out.shape), "stride": m.stride, "padding": m.padding,
+                         "output_padding": getattr(m, "output_padding", (0, 0)), "groups": m.groups,
+                         "dilation": m.dilation, "bias": m.bias is not None})
+        return f
+
+    hooks = [m.register_forward_hook(hook(part)) for part, model in (("generator", g), ("extractor", extractor))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    with torch.no_grad():
+        extractor(g(torch.randn(batch, 100, device=device)))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def time_convs_alone(convs: list[dict], device: str, steps: int) -> tuple[float, float]:
+    """(FLOPs of one iteration's convolutions, their median time alone, forward + backward)."""
+    import torch.nn.functional as F
+
+    flops = 0.0
+    for c in convs:
+        f = _conv_flops(c["kind"], c["x"], c["w"], c["y"], c["groups"])
+        flops += f * (3 if c["part"] == "generator" else 2)  # + grad input (+ grad weight)
+    tensors = []
+    for c in convs:
+        x = torch.randn(c["x"], device=device, requires_grad=True)
+        w = torch.randn(c["w"], device=device, requires_grad=c["part"] == "generator")
+        tensors.append((c, x, w))
+    times = []
+    for i in range(steps + 1):
+        sync(device)
+        t = time.perf_counter()
+        for c, x, w in tensors:
+            if c["kind"] == "conv":
+                y = F.conv2d(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
+            else:
+                y = F.conv_transpose2d(x, w, None, c["stride"], c["padding"], c["output_padding"],
+                                       c["groups"], c["dilation"])
+            y.backward(torch.ones_like(y))
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t)
+    return flops, median(times)
+
+
+def run(settings: list[tuple[float, int]], device: str = "cpu", steps: int = 3,
+        features: str = "vgg16-keras", dataset=None) -> dict:
+    """The search table over (width, batch) settings, the speed-up at width 1 batch 16 and the
+    lowest roofline share."""
+    ds = dataset if dataset is not None else open_dataset(
+        os.path.join(os.environ.get("SLT_HOME", "var"), "datasets", "emoji-google"))
+    rows = []
+    for width, batch in settings:
+        plain = time_plain(width, batch, device, steps, features, ds)
+        ours = time_ours(width, batch, device, steps, features, ds)
+        flops, alone = time_convs_alone(capture_convs(width, batch, device, features), device, steps)
+        rows.append({"width": width, "batch": batch, "plain_port_s": round(plain, 4),
+                     "ours_s": round(ours, 4), "speedup": round(plain / ours, 3),
+                     "conv_gflop": round(flops / 1e9, 2), "convs_alone_s": round(alone, 4),
+                     "achieved_gflops": round(flops / ours / 1e9, 2),
+                     "conv_roofline_gflops": round(flops / alone / 1e9, 2),
+                     "roofline_share": round(alone / ours, 3),
+                     "ours_options": "bf16+channels_last" if device.startswith("cuda") else "fp32"})
+    ref = next((r for r in rows if r["width"] == 1.0 and r["batch"] == 16), rows[0])
+    return {"search_speedup_vs_reference": ref["speedup"],
+            "search_roofline": min(r["roofline_share"] for r in rows), "search_table": rows,
+            "search_features": features, "search_steps": steps}
 
 
 def main() -> None:

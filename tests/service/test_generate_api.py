@@ -380,6 +380,23 @@ def test_import_verifies_the_file(admin, masks):
     assert r.status_code == 200 and r.json()["mask_id"] == mask_id(good)  # already known
 
 
+def test_v1_and_v2_files_of_one_mask_import_export_and_serve_alike(client, admin, masks):
+    """An slt-mask/1 file (made before slt-mask/2) still imports, exports byte for byte under
+    its own id and serves the pixels of the same mask in slt-mask/2."""
+    from trainer.masks import FORMAT_V1, convert
+
+    v2 = masks["beta"]
+    v1 = convert(v2, FORMAT_V1)
+    assert decode_mask(v1).meta["format"] == FORMAT_V1 and len(v1) > len(v2)
+    r = admin.post("/masks/import", files={"file": ("old", v1)})
+    assert r.status_code == 201, r.text
+    assert r.json()["mask_id"] == mask_id(v1) != mask_id(v2)
+    assert client.get(f"/masks/{mask_id(v1)}/file").content == v1
+    assert admin.put("/domains/old-format", json={"mask_id": mask_id(v1)}).status_code == 200
+    img = pixels(client.get("/generate", params={"domain": "old-format", "seed": 3, "n": 2}).content)
+    assert np.array_equal(img, reference_grid(reference(v2, 3, 2)))
+
+
 def with_tensor_entry(data: bytes, **changes) -> bytes:
     """The mask file with one tensor's header entry changed (and placed first, so the
     reader meets it first); the tensor data is left as it is."""
