@@ -151,6 +151,27 @@ class Batcher:
             self._gauge_locked()
             return chunks
 
+    def others_waiting(self, masks: set[str]) -> bool:
+        """Whether a request of a mask outside `masks` waits: the running step should yield."""
+        with self._cond:
+            return any(r.mask_id not in masks and r.taken < r.n and not r.future.cancelled()
+                       for r in self._queue)
+
+    def give_back(self, chunks: list[Chunk]) -> None:
+        """Return chunks a step took but did not run (each the tail of its request's taken
+        images), so the next take() shares them out again; their requests keep their place."""
+        if not chunks:
+            return
+        with self._cond:
+            for r, start, c in chunks:
+                r.taken = min(r.taken, start)
+                self._queued += c
+            queued = set(map(id, self._queue))
+            back = {id(r): r for r, _, _ in chunks if id(r) not in queued}
+            self._queue = deque(sorted([*self._queue, *back.values()], key=lambda r: r.enqueued))
+            self._gauge_locked()
+            self._cond.notify_all()
+
     def record(self, images: int, seconds: float) -> None:
         """A step's throughput, for the Retry-After estimate."""
         if images and seconds > 0:

@@ -140,6 +140,9 @@ class Engine:
         self.device = torch.device(resolve_device(settings.device))
         self.threads = settings.torch_threads or torch.get_num_threads()
         self.max_batch = max(1, settings.max_batch)
+        # CUDA passes are always max_batch wide (fixed kernels), so slicing buys nothing there
+        self.slice_images = (self.max_batch if self.device.type == "cuda" or not settings.step_slice_images
+                             else max(2, min(settings.step_slice_images, self.max_batch)))
         self.base: torch.nn.Module | None = None
         self.base_sha = ""
         self._params: dict[str, torch.Tensor] = {}
@@ -353,6 +356,10 @@ class Engine:
         return self.mirror.pinned_masks()
 
     def _step(self, chunks: list[Chunk]) -> None:
+        """Run a step's chunks by mask, the smallest group first (a light domain's request is
+        answered before a flood's share runs), in forward passes of at most `slice_images`;
+        between passes, if a request of a mask outside this step is waiting, the chunks not yet
+        run go back to the batcher, so the newcomer waits one pass, not a whole step."""
         if not chunks:
             return
         t0 = time.perf_counter()
@@ -360,19 +367,25 @@ class Engine:
         for c in chunks:
             groups.setdefault(c[0].mask_id, []).append(c)
         keep = self._keep() | set(groups)
+        passes = [(mask_id, part) for mask_id, group in
+                  sorted(groups.items(), key=lambda kv: sum(c for _, _, c in kv[1]))
+                  for part in _slices(group, self.slice_images)]
         total = 0
-        for mask_id, group in groups.items():
+        for i, (mask_id, part) in enumerate(passes):
+            if i and self.batcher.others_waiting(set(groups)):
+                self.batcher.give_back([c for _, rest in passes[i:] for c in rest])
+                break
             try:
-                weights = self._weights(mask_id, keep, group[0][0].mask)
-                z = torch.cat([latents(r.seed, start, c, self.spec.nz) for r, start, c in group])
+                weights = self._weights(mask_id, keep, part[0][0].mask)
+                z = torch.cat([latents(r.seed, start, c, self.spec.nz) for r, start, c in part])
                 images = to_uint8(self._forward(weights, z))
             except Exception as e:
                 log.exception("generation failed for mask %s", mask_id[:12] or "base")
-                for r, _, _ in group:
+                for r, _, _ in part:
                     _fail(r.future, GenerationFailed(f"generation failed: {type(e).__name__}"))
                 continue
             off = 0
-            for r, start, c in group:
+            for r, start, c in part:
                 r.images[start:start + c] = images[off:off + c]
                 off += c
                 r.done += c
@@ -381,7 +394,7 @@ class Engine:
             total += off
         dt = time.perf_counter() - t0
         self.metrics.step_seconds.observe(dt)
-        self.metrics.batch_images.observe(sum(c for _, _, c in chunks))
+        self.metrics.batch_images.observe(total)
         self.metrics.batch_domains.observe(len(groups))
         self.batcher.record(total, dt)
 
@@ -445,6 +458,21 @@ class Engine:
         for name, v in mask.bn.items():
             out[name] = torch.from_numpy(v).to(self.device, torch.float32)
         return out
+
+
+def _slices(group: list[Chunk], size: int) -> list[list[Chunk]]:
+    """A mask's chunks cut into passes of at most `size` images (a chunk split where needed)."""
+    out: list[list[Chunk]] = [[]]
+    room = size
+    for r, start, c in group:
+        while c:
+            if room == 0:
+                out.append([])
+                room = size
+            take = min(c, room)
+            out[-1].append((r, start, take))
+            start, c, room = start + take, c - take, room - take
+    return out
 
 
 def _resolve(fut: concurrent.futures.Future, value) -> None:

@@ -122,6 +122,29 @@ def test_steps_group_requests_by_mask(running, masks):
         assert f.result(60).shape == (2, 64, 64, 3)
 
 
+def test_a_step_yields_to_a_newly_waiting_domain_after_one_pass(running, masks):
+    r = running(max_batch=32, step_slice_images=8)
+    e = r.engine
+    a, b = (_add(r.state, m) for m in masks[:2])
+    data = dict(zip((a, b), masks[:2]))
+    with e.hold():
+        flood = [e.submit(a, s, 8) for s in range(4)]  # 32 images of a: one full step
+        chunks = e.batcher.take(32)
+        assert sum(c for _, _, c in chunks) == 32 and e.queue_depth() == 0
+        light = e.submit(b, 99, 2)  # arrives while that step runs
+        e._step(chunks)
+        # one pass of 8 ran; the other 24 images went back to the queue, beside b's request
+        assert flood[0].done() and not any(f.done() for f in flood[1:]) and not light.done()
+        assert e.queue_depth() == 24 + 2
+        nxt = e.batcher.take(32)
+        assert (b, 99) in {(c[0].mask_id, c[0].seed) for c in nxt}
+        e.batcher.give_back(nxt)
+    # every image is still the reference's, whatever passes it was made in
+    assert np.array_equal(light.result(60), reference(data[b], 99, 2))
+    for s, f in enumerate(flood):
+        assert np.array_equal(f.result(60), reference(data[a], s, 8))
+
+
 def test_lru_by_bytes_never_evicts_pinned(running, masks):
     probe = running()
     one = sum(t.numel() * t.element_size() for t in
