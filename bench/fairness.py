@@ -69,7 +69,9 @@ def run(width: float = 0.25, requests: int = 60, n: int = 1, flood_clients: int 
         b.close()
         redis.stop()
     return {"fairness": _p99(flooded) / _p99(alone),
-            "fairness_detail": {"light_p99_ms_alone": round(1e3 * _p99(alone), 1),
+            "fairness_detail": {"light_p50_ms_alone": round(1e3 * sorted(alone)[len(alone) // 2], 1),
+                                "light_p50_ms_flooded": round(1e3 * sorted(flooded)[len(flooded) // 2], 1),
+                                "light_p99_ms_alone": round(1e3 * _p99(alone), 1),
                                 "light_p99_ms_flooded": round(1e3 * _p99(flooded), 1),
                                 "queue_images_during_flood": depth, "flood_clients": flood_clients,
                                 "flood_request_images": n_flood, "light_requests": requests,

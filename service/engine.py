@@ -358,8 +358,8 @@ class Engine:
     def _step(self, chunks: list[Chunk]) -> None:
         """Run a step's chunks by mask, the smallest group first (a light domain's request is
         answered before a flood's share runs), in forward passes of at most `slice_images`;
-        between passes, if a request of a mask outside this step is waiting, the chunks not yet
-        run go back to the batcher, so the newcomer waits one pass, not a whole step."""
+        between passes, if a request of a mask that has no pass left in this step is waiting,
+        the chunks not yet run go back to the batcher, so it waits one pass, not a whole step."""
         if not chunks:
             return
         t0 = time.perf_counter()
@@ -372,7 +372,7 @@ class Engine:
                   for part in _slices(group, self.slice_images)]
         total = 0
         for i, (mask_id, part) in enumerate(passes):
-            if i and self.batcher.others_waiting(set(groups)):
+            if i and self.batcher.others_waiting({m for m, _ in passes[i:]}):
                 self.batcher.give_back([c for _, rest in passes[i:] for c in rest])
                 break
             try:

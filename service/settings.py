@@ -26,7 +26,7 @@ class Settings(SharedSettings):
     max_batch: int = 32
     # CPU forward passes of at most this many images; between passes a newly waiting domain
     # takes its turn, so a flood delays it by one pass, not a whole step (0: max_batch)
-    step_slice_images: int = Field(8, ge=0)
+    step_slice_images: int = Field(4, ge=0)
     device_cache_bytes: int = 2 << 30  # masked weights resident on the device
     mask_ram_bytes: int = Field(256 << 20, ge=0)  # packed masks held in RAM (an LRU), loaded on demand
     torch_threads: int = 0  # CPU threads of the generator; 0: PyTorch's default for this machine
