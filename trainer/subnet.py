@@ -36,8 +36,42 @@ def n_keep_global(n: int, k: float) -> int:
     return n - int(math.ceil((1.0 - k) * n - 1e-9))
 
 
-def keep_mask(abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
-    """Boolean mask of exactly `kept` largest entries, by kthvalue (no full sort). Ties at the
+class Hint:
+    """Where a threshold was last found, and how wide a band around it bracketed it, so the
+    next step's selection looks there first (scores move little between steps)."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.width = 0.0
+
+
+def kth_smallest(parts: list[torch.Tensor], j: int, hint: Hint | None = None) -> torch.Tensor:
+    """The j-th smallest value (1-based) over the flattened `parts`: exactly
+    `torch.cat(parts).kthvalue(j).values`. On a CPU with a hint, without a full selection: count
+    the values at or below the two ends of a band around the last threshold (widened until
+    it brackets rank j) and select within the band only."""
+    flats = [p.flatten() for p in parts]
+    if hint is not None and hint.value is not None and not flats[0].is_cuda:
+        width = hint.width or max(abs(hint.value) * 1e-3, 1e-12)
+        for _ in range(8):
+            lo, hi = hint.value - width, hint.value + width
+            below = sum(int(torch.count_nonzero(f <= lo)) for f in flats)
+            upto = sum(int(torch.count_nonzero(f <= hi)) for f in flats)
+            if below < j <= upto:
+                band = torch.cat([f[(f > lo) & (f <= hi)] for f in flats])
+                thr = band.kthvalue(j - below).values
+                hint.value, hint.width = float(thr), width
+                return thr
+            width *= 4
+    flat = flats[0] if len(flats) == 1 else torch.cat(flats)
+    thr = flat.kthvalue(j).values
+    if hint is not None and not flat.is_cuda:
+        hint.value, hint.width = float(thr), 0.0
+    return thr
+
+
+def keep_mask(abs_scores: torch.Tensor, kept: int, hint: Hint | None = None) -> torch.Tensor:
+    """Boolean mask of exactly `kept` largest entries, by selection (no full sort). Ties at the
     threshold go to the highest flat index, the order of a stable ascending argsort."""
     flat = abs_scores.flatten()
     n = flat.numel()
@@ -45,7 +79,7 @@ def keep_mask(abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
         return torch.ones_like(abs_scores, dtype=torch.bool)
     if kept <= 0:
         return torch.zeros_like(abs_scores, dtype=torch.bool)
-    thr = flat.kthvalue(n - kept).values
+    thr = kth_smallest([flat], n - kept, hint)
     m = flat > thr
     return _add_ties(m, flat, thr, kept - m.sum()).view_as(abs_scores)
 
@@ -85,6 +119,7 @@ class MaskedLayer:
     def _setup_scores(self) -> None:
         self.weight_scores = nn.Parameter(torch.zeros_like(self.weight))
         self.bias_scores = None if self.bias is None else nn.Parameter(torch.zeros_like(self.bias))
+        self._hints: dict[str, Hint] = {}  # where each score tensor's threshold was last step
 
     def masks(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Current (weight, bias) masks as 0/1 floats carrying straight-through gradients."""
@@ -97,7 +132,7 @@ class MaskedLayer:
         a = s.abs()  # select on |s|; the straight-through step spans the selection only
         with torch.no_grad():
             if self.threshold is None:
-                m = keep_mask(a, n_keep(a.numel(), self.keep))
+                m = keep_mask(a, n_keep(a.numel(), self.keep), self._hints.setdefault(which, Hint()))
             else:
                 flat = a.flatten()
                 thr = self.threshold[which]
@@ -160,6 +195,7 @@ class Pruner:
         if global_threshold not in GLOBAL_THRESHOLDS:
             raise ValueError(f"global_threshold must be one of {GLOBAL_THRESHOLDS}, got {global_threshold!r}")
         self.global_threshold = global_threshold
+        self._hints: dict[tuple[str, ...], Hint] = {}  # global thresholds of the last step
         if not 0.0 < k <= 1.0:
             raise ValueError(f"k is the fraction of weights KEPT and must be in (0, 1], got {k}")
         self.model, self.k, self.mode, self.gradual_steps = model, k, mode, gradual_steps
@@ -228,19 +264,20 @@ class Pruner:
         pruned = self._scores_of(which, dense=False)
         if not pruned:
             return
-        flat = torch.cat([s.detach().abs().flatten() for _, _, s in pruned])
+        parts = [s.detach().abs().flatten() for _, _, s in pruned]
+        n = sum(p.numel() for p in parts)
         total = sum(s.numel() for _, _, s in self._scores_of(which))
-        frozen = total - flat.numel()
+        frozen = total - n
         # with layer-freeze the non-dense part keeps what makes the whole group keep k
         kept = n_keep_global(total, self.k) - frozen if len(which) == 1 else self.kept_total - frozen
         if kept < 0:
             raise ValueError(f"the dense layers alone hold {frozen} of {total} {which[0]} scores, more "
                              f"than k={self.k} keeps; raise k or freeze fewer layers")
-        if kept >= flat.numel():
-            thr = flat.min() - 1
+        if kept >= n:
+            thr = torch.stack([p.min() for p in parts]).min() - 1
         else:
-            thr = flat.kthvalue(flat.numel() - kept).values
-        short = kept - (flat > thr).sum()
+            thr = kth_smallest(parts, n - kept, self._hints.setdefault(which, Hint()))
+        short = kept - sum((p > thr).sum() for p in parts)
         ties = torch.stack([(s.detach().abs() == thr).sum() for _, _, s in pruned])
         after = ties.flip(0).cumsum(0).flip(0) - ties  # ties in later tensors
         quota = (short - after).clamp(min=0).minimum(ties)

@@ -397,3 +397,19 @@ def test_a_stored_config_from_before_eq3_resumes_the_search_it_started():
     assert (cfg.reduction, cfg.unbiased_var, cfg.bias_score_range, cfg.global_threshold) == (
         "layer-mean", False, 0.1, "joint")
     assert config_from_record(asdict(config_from("paper"))) == config_from("paper")
+
+
+def test_batch_moments_match_torch_in_value_and_gradient():
+    """The objective's fused moments against torch's own mean/var (values) and gradcheck
+    (the hand-written backward), biased and unbiased."""
+    from trainer.objective import batch_moments
+
+    f = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    for corr in (0, 1):
+        mu, var = batch_moments(f, corr)
+        assert torch.allclose(mu, f.mean(0)) and torch.allclose(var, f.var(0, correction=corr))
+        assert torch.autograd.gradcheck(lambda x: batch_moments(x, corr), (f,))
+        g_mu, g_var = torch.randn(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+        ours = torch.autograd.grad((mu * g_mu).sum() + (var * g_var).sum(), f)[0]
+        ref = torch.autograd.grad((f.mean(0) * g_mu).sum() + (f.var(0, correction=corr) * g_var).sum(), f)[0]
+        assert torch.allclose(ours, ref)

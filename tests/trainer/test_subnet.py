@@ -201,3 +201,26 @@ def test_gradient_reaches_scores_through_abs():
     torch.testing.assert_close(gs, expected, rtol=1e-4, atol=1e-9)
     # and pruned weights get a gradient too (edge-popup lets them come back)
     assert (gs[m == 0] != 0).any()
+
+
+def test_banded_selection_equals_kthvalue_whatever_the_hint():
+    """kth_smallest with a hint (the CPU fast path) returns exactly torch's kthvalue, for good,
+    bad and stale hints, heavy ties and several parts (global pruning)."""
+    from trainer.subnet import Hint, kth_smallest
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n_parts = 1 + trial % 3
+        parts = [torch.from_numpy(rng.random(rng.integers(1, 5000)).astype(np.float32)) for _ in range(n_parts)]
+        if trial % 4 == 0:  # thousands of ties
+            parts = [torch.round(p * 20) / 20 for p in parts]
+        flat = torch.cat(parts)
+        hint = Hint()
+        for step in range(4):  # the hint carries over steps while the values drift
+            j = int(rng.integers(1, flat.numel() + 1))
+            if step == 2:
+                hint.value, hint.width = float(rng.random() * 10 - 5), 0.0  # a wild hint
+            got = kth_smallest(parts, j, hint)
+            assert float(got) == float(np.sort(flat.numpy(), kind="stable")[j - 1]), (trial, step, j)
+            parts = [p + torch.from_numpy(rng.normal(0, 1e-3, p.numel()).astype(np.float32)) for p in parts]
+            flat = torch.cat(parts)
