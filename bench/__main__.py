@@ -65,13 +65,22 @@ def main(argv: list[str] | None = None) -> dict:
         "domains": lambda: domains.main(["--domains", "1000" if q else "10000", "--zipf-over", "1000",
                                          "--requests", "300" if q else "2000"]),
     }
-    results: dict = {"environment": environment(), "quick": q, "seconds": {}}
+    path = args.json or ROOT / "docs" / "results" / f"bench{'-quick' if q else ''}.json"
+    results: dict = {"environment": environment(), "quick": q, "seconds": {}, "errors": {}}
+    if args.only is not None and path.exists():  # a partial rerun keeps the other sections
+        results = {**json.loads(path.read_text()), "environment": results["environment"]}
     for name, fn in sections.items():
         if args.only is not None and name not in args.only:
             continue
         t = time.monotonic()
         log.info("bench: %s ...", name)
-        res = fn()
+        try:
+            res = fn()
+        except Exception as e:  # one broken section must not lose the others' figures
+            log.exception("bench: %s failed", name)
+            results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+            continue
+        results.get("errors", {}).pop(name, None)
         results["seconds"][name] = round(time.monotonic() - t, 1)
         if name == "serving":
             res = {"masked_vs_dense": res["ratio_masked_vs_dense"],
@@ -83,7 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
             res = {"domains_registered": res}
         results.update(res)
         log.info("bench: %s done in %.0f s", name, results["seconds"][name])
-    path = args.json or ROOT / "docs" / "results" / f"bench{'-quick' if q else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))
     args.doc.write_text(report.render(results))
