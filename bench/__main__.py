@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--json PATH]` (`make bench`): every benchmark in one run, written
-to docs/BENCHMARKS.md (tables, device, torch version, commit) and to JSON.
+to docs/BENCHMARKS.md (tables, device, torch version, commit) and to JSON; `--quick` writes
+docs/results/bench-quick.md and .json instead, so it never replaces the full tables.
 
 `--quick` keeps to about 10 minutes on a 2-core CPU: fewer rounds and steps, widths 1 and
 0.25 at batch 16 for search, 1,000 registered domains. The full run adds batch 64, more
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="default docs/results/bench[-quick].json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--doc", type=Path, default=None,
+                    help="default docs/BENCHMARKS.md (the full run) or docs/results/bench-quick.md")
     ap.add_argument("--only", nargs="*", default=None,
                     help="sections: masks serving fairness search http domains")
     args = ap.parse_args(argv)
@@ -94,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("bench: %s done in %.0f s", name, results["seconds"][name])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))
-    args.doc.write_text(report.render(results))
-    log.info("wrote %s and %s", path, args.doc)
+    doc = args.doc or (ROOT / "docs" / "results" / "bench-quick.md" if q else ROOT / "docs" / "BENCHMARKS.md")
+    doc.write_text(report.render(results))
+    log.info("wrote %s and %s", path, doc)
     return results
 
 
