@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     sections = {
         "masks": lambda: mask_size.run(),
         "serving": lambda: serving.run(serving.parse(
-            ["--width", "1", "--rounds", "1" if q else "3", "--images", "64" if q else "128"])),
+            ["--width", "1", "--rounds", "3", "--images", "64" if q else "128"])),
         "fairness": lambda: fairness.run(width=0.25, requests=40 if q else 120),
         "search": lambda: search_speed.run(
             [(1.0, 16), (0.25, 16)] if q else [(1.0, 16), (1.0, 64), (0.25, 16), (0.25, 64)],
