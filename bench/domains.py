@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +24,16 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from bench.replica import replica
 from store.blobs import RedisBlobs
 from store.catalog import SharedCatalog
-from store.connection import EmbeddedRedis, connect, free_port
+from store.connection import EmbeddedRedis, connect
 from store.domains import DomainRegistry
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog, with_metrics
 from trainer.search import SearchConfig, random_mask
 
 log = logging.getLogger("bench.domains")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rss_of(pid: int) -> int:
@@ -97,24 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         with EmbeddedRedis(Path(tmp) / "redis") as server:
             client = connect(server.url)
             out = register(client, home, args.domains, args.width)
-            port = free_port()
-            env = {**os.environ, "SLT_HOME": str(home / "replica"), "SLT_REDIS_URL": server.url,
-                   "SLT_BASE": f"width={args.width}", "SLT_PORT": str(port), "SLT_DEMO": "0",
-                   "SLT_DEVICE": "cpu", "SLT_LOG_LEVEL": "warning"}
-            t0 = time.monotonic()
-            api = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                while True:
-                    assert api.poll() is None, "the API exited"
-                    try:
-                        if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.1)
-                out["startup_s"] = round(time.monotonic() - t0, 2)
+            with replica(home / "replica", server.url, args.width) as (api, url, startup_s):
+                out["startup_s"] = round(startup_s, 2)
                 out["rss_idle_bytes"] = rss_of(api.pid)
                 stream = zipf_stream(min(args.zipf_over, args.domains), args.requests)
                 lat: list[float] = []
@@ -142,9 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
                     masks_in_ram=int(metric(prom, "slt_masks_in_ram")),
                     masks_ram_bytes=int(metric(prom, "slt_masks_ram_bytes")),
                     rss_after_bytes=rss_of(api.pid))
-            finally:
-                api.terminate()
-                api.wait(30)
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -4,25 +4,22 @@ domains, bounded in time (`--duration`) and in count (each wrk thread stops afte
 Reports p50/p99 latency, images/s and errors (non-2xx answers and socket errors)."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
+from bench.replica import replica
 from bench.serving import make_masks
 from store.blobs import RedisBlobs
 from store.catalog import SharedCatalog
-from store.connection import EmbeddedRedis, connect, free_port
+from store.connection import EmbeddedRedis, connect
 from store.domains import DomainRegistry
 from trainer.masks import MaskCatalog
 
-ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = """
 local domains, n, max = {%s}, %d, %d
 local i, done = 0, 0
@@ -71,22 +68,7 @@ def run(width: float = 0.25, clients: tuple[int, ...] = (16, 64), duration_s: in
             mask_id, _ = catalog.publish(data)
             DomainRegistry(client).promote(f"load{i}", mask_id)
             names.append(f"load{i}")
-        port = free_port()
-        env = {**os.environ, "SLT_HOME": str(tmp / "home"), "SLT_REDIS_URL": server.url,
-               "SLT_BASE": f"width={width}", "SLT_PORT": str(port), "SLT_DEMO": "0",
-               "SLT_DEVICE": "cpu", "SLT_LOG_LEVEL": "warning", "SLT_QUEUE_LIMIT": "4096"}
-        api = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
+        with replica(tmp / "home", server.url, width, SLT_QUEUE_LIMIT="4096") as (_, url, _):
             for d in names:  # every domain resident: the load measures serving, not first swaps
                 httpx.get(url + "/generate", params={"domain": d, "seed": 0}, timeout=60).raise_for_status()
             script = tmp / "load.lua"
@@ -98,9 +80,6 @@ def run(width: float = 0.25, clients: tuple[int, ...] = (16, 64), duration_s: in
                                       capture_output=True, text=True, timeout=duration_s + 120)
                 res = parse_wrk(run_.stdout)
                 out[f"clients_{c}"] = {**res, "images_per_s": res["requests_per_s"] * n}
-        finally:
-            api.terminate()
-            api.wait(30)
     out.update(http_p50_ms={c: out[f"clients_{c}"]["p50_ms"] for c in clients},
                http_p99_ms={c: out[f"clients_{c}"]["p99_ms"] for c in clients},
                http_images_per_s={c: out[f"clients_{c}"]["images_per_s"] for c in clients},
