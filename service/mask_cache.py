@@ -117,7 +117,7 @@ class MaskCache:
         defect is a MaskError (ForeignMaskError for another base). Blocking."""
         mask = decode_untrusted(data)
         self.verify(mask)
-        _, existed = self.catalog.publish(data, base_sha)
+        _, existed = self.catalog.publish(data, base_sha, mask)
         return self.put(mask), existed
 
     def put(self, mask: MaskFile) -> MaskFile:

@@ -347,9 +347,11 @@ class MaskCatalog:
     def __contains__(self, mask_id: str) -> bool:
         return MASK_ID.match(mask_id or "") is not None and self.path(mask_id).is_file()
 
-    def add(self, data: bytes, base_sha: str | None = None) -> str:
-        """Verify and store mask bytes; returns the mask_id. Idempotent."""
-        mask = decode_mask(data)
+    def add(self, data: bytes, base_sha: str | None = None, mask: MaskFile | None = None) -> str:
+        """Verify and store mask bytes; returns the mask_id. Idempotent. `mask`: these bytes
+        already decoded (and so verified) by the caller, not decoded again."""
+        if mask is None or mask.mask_id != hashlib.sha256(data).hexdigest():
+            mask = decode_mask(data)
         if base_sha is not None:
             check_base(mask, base_sha)
         p = self.path(mask.mask_id)
