@@ -16,8 +16,9 @@ Several workers may sweep at once: the status changes are atomic and a resend is
 first, so a job is sent again once.
 
 About once a minute one worker of the cluster (a lock in Redis) also trims the previews, loss
-curves and checkpoints of jobs finished more than SLT_JOB_RETENTION_S ago, and collects blobs
-nothing refers to.
+curves and checkpoints of jobs finished more than SLT_JOB_RETENTION_S ago; about every ten
+minutes it collects blobs nothing refers to (a scan of every blob and manifest, so not each
+minute: a blob is only deleted an hour after it was first found unreferenced anyway).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 60.0
 MAINTENANCE_LOCK = "slt:maintenance"
+GC_S = 600.0
+GC_LOCK = "slt:maintenance:gc"
 GC_GRACE_S = 3600.0
 
 
@@ -126,11 +129,14 @@ class Watchdog(threading.Thread):
         return True
 
     def maintain(self, force: bool = False) -> None:
-        """Retention and blob collection, by one worker of the cluster per MAINTENANCE_S."""
+        """Retention (per MAINTENANCE_S) and blob collection (per GC_S), each by one worker of
+        the cluster."""
         ctx = self.ctx
         if not force and not ctx.client.set(MAINTENANCE_LOCK, ctx.owner, nx=True, px=int(MAINTENANCE_S * 1000)):
             return
         trim_finished_jobs(ctx)
+        if not force and not ctx.client.set(GC_LOCK, ctx.owner, nx=True, px=int(GC_S * 1000)):
+            return
         collect_blobs(ctx.client, ctx.blobs, [ctx.catalog.referenced_blobs, ctx.datasets.referenced,
                                               ctx.checkpoints.referenced, ctx.moments.referenced],
                       grace_s=GC_GRACE_S)
