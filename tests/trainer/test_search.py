@@ -408,7 +408,7 @@ def test_batch_moments_match_torch_in_value_and_gradient():
     for corr in (0, 1):
         mu, var = batch_moments(f, corr)
         assert torch.allclose(mu, f.mean(0)) and torch.allclose(var, f.var(0, correction=corr))
-        assert torch.autograd.gradcheck(lambda x: batch_moments(x, corr), (f,))
+        assert torch.autograd.gradcheck(lambda x, c=corr: batch_moments(x, c), (f,))
         g_mu, g_var = torch.randn(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
         ours = torch.autograd.grad((mu * g_mu).sum() + (var * g_var).sum(), f)[0]
         ref = torch.autograd.grad((f.mean(0) * g_mu).sum() + (f.var(0, correction=corr) * g_var).sum(), f)[0]
