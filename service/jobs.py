@@ -6,9 +6,9 @@ import redis
 
 from service.errors import BROKER_ERRORS
 from service.settings import Settings
-from store.jobs import JobStore, search_config
+from store.jobs import JobStore
 from worker.app import LOW_PRIORITY, producer
-from worker.queue import QUEUE, STATS_TASK, submit_search
+from worker.queue import QUEUE, STATS_TASK, search_config, submit_search
 
 __all__ = ["BROKER_ERRORS", "JobQueue"]
 

@@ -69,6 +69,10 @@ class SharedSettings(BaseSettings):
     s3_endpoint_url: str | None = None
     # a worker serves its Prometheus metrics on this port (0: off; one port per worker process)
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # ---- job lifecycle under store faults (issue 22)
+    # a job step that meets a transient store fault (Redis away, an S3 5xx) retries with
+    # backoff this long before the attempt is handed back, one failure counted
+    store_retry_s: float = Field(900.0, ge=0)
 
     @field_validator("home")
     @classmethod

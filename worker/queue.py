@@ -5,12 +5,14 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import asdict
 
 import redis
 from celery import Celery
 
-from store.jobs import JobStore, search_config
+from store.jobs import JobStore
 from store.settings import SharedSettings
+from trainer.search import config_from
 from worker.app import QUEUE, RESUME_PRIORITY, RETRY_PRIORITY, SEARCH_PRIORITY
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,17 @@ SEARCH_TASK = "slt.search_mask"
 STATS_TASK = "slt.dataset_stats"
 EVALUATE_TASK = "slt.evaluate_mask"
 JOB_HEADER = "slt_job"  # message header naming the job, so the broker's queue can be read back
+
+
+def search_config(preset: str | None, overrides: dict, settings: SharedSettings) -> dict:
+    """The full search settings of a new job: a preset, the caller's overrides and the
+    operator's (checkpoint interval, feature override). Fixed at submission, so every attempt
+    of the job, on any worker, resumes its checkpoint with exactly the same settings.
+    ValueError for an unknown preset or settings that do not combine."""
+    extra: dict = {"checkpoint_every_s": settings.checkpoint_every_s}
+    if settings.search_features:
+        extra["features"] = settings.search_features
+    return asdict(config_from(preset, **{**overrides, **extra}))
 
 
 PRIORITY = {"new": SEARCH_PRIORITY, "handback": RESUME_PRIORITY, "failure": RETRY_PRIORITY}

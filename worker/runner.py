@@ -27,8 +27,11 @@ from store.checkpoints import SharedCheckpoints
 from store.connection import connect
 from store.datasets import SharedDatasets
 from store.domains import DomainRegistry
-from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Lease
+from store.faults import describe, transient
+from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, Lease
+from store.lifecycle import Event, Outcome, next_status
 from store.moments import SharedMoments
+from store.outages import OutageLog
 from store.settings import SharedSettings, get_settings
 from trainer.data import DatasetError, ImageDataset, open_dataset
 from trainer.generator import BaseSpec
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STOP = threading.Event()  # the worker is shutting down
 PROGRESS_EVERY_S = 0.5  # progress writes per job at most this often (previews and the end always)
+PHASE_BEAT_S = 5.0  # a job busy before its first iteration says so at least this often
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # backoff of a step that meets a transient store fault
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Context:
     checkpoints: SharedCheckpoints
     moments: SharedMoments
     owner: str  # host:pid, written into leases and job records
+    outages: OutageLog  # store outages this process lived through (the watchdog's)
 
     @classmethod
     def for_app(cls, app: Celery, settings: SharedSettings | None = None) -> Context:
@@ -71,7 +77,8 @@ class Context:
                    DomainRegistry(client),
                    SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
                    SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
-                   SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}")
+                   SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}",
+                   OutageLog(client))
 
     @property
     def device(self) -> str:
@@ -155,8 +162,9 @@ class Reporter:
     """The search's progress callback: writes the job's progress (throttled), loss points and
     previews, as long as this worker still holds the lease, and publishes checkpoints."""
 
-    def __init__(self, store: JobStore, lease: Lease, publish: CheckpointPublisher | None = None):
-        self.store, self.lease, self.publish = store, lease, publish
+    def __init__(self, store: JobStore, lease: Lease, publish: CheckpointPublisher | None = None,
+                 phases: PhaseBeat | None = None):
+        self.store, self.lease, self.publish, self.phases = store, lease, publish, phases
         self.iteration, self._last, self._first = 0, 0.0, True
         self._rate_t, self._rate_i = time.monotonic(), 0
 
@@ -169,6 +177,9 @@ class Reporter:
         fields: dict = {}
         if self._first:
             self._first = False
+            if self.phases is not None:
+                self.phases.stop()
+            fields["phase"] = "searching"
             self._rate_t, self._rate_i = time.monotonic(), p.iteration
             if p.iteration > 1:  # the loop starts at the checkpoint's iteration + 1
                 fields["resumed_from"] = p.iteration - 1
@@ -203,6 +214,12 @@ class StopCheck:
         self.reason: str | None = None
 
     def __call__(self) -> bool:
+        if self.lease.suspended.is_set():
+            # the store is away and the lease may have run out: no step until the heartbeat
+            # has it back (or finds it lost), so two workers never run one job
+            log.warning("job %s: waiting for the shared store before the next step", self.lease.job_id)
+            while self.lease.suspended.is_set() and not STOP.is_set():
+                STOP.wait(0.2)
         if STOP.is_set():
             self.reason = "shutdown"
         elif self.lease.lost.is_set():
@@ -250,6 +267,44 @@ class StoppableDataset:
             yield batch
 
 
+class PhaseBeat:
+    """Before its first iteration a job fetches and unpacks its dataset, hashes it, fetches a
+    checkpoint, loads the extractor: minutes on a large folder. A thread writes the job's
+    `phase` and heartbeat every PHASE_BEAT_S meanwhile, so the watchdog never takes a healthy
+    first search for a stalled one; the first iteration ends it."""
+
+    def __init__(self, store: JobStore, lease: Lease):
+        self.store, self.lease = store, lease
+        self.phase = "starting"
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"phase-{lease.job_id[:8]}")
+
+    def __enter__(self) -> PhaseBeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+        log.info("job %s: %s", self.lease.job_id, phase)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.store.touch(self.lease, self.phase)
+            except redis.RedisError as e:  # the lease decides ownership; this is information
+                log.warning("job %s: phase not written: %s", self.lease.job_id, e)
+            if self._done.wait(PHASE_BEAT_S):
+                return
+
+
 class SearchRun:
     """One delivery of a job's message."""
 
@@ -263,7 +318,7 @@ class SearchRun:
         if job is None:
             log.warning("job %s has no record; its message is dropped", job_id)
             return "missing"
-        if job["status"] in TERMINAL:
+        if next_status(job["status"], Event.START) is None:
             log.info("job %s is already %s; its message is dropped", job_id, job["status"])
             return job["status"]
         lease = store.lease(job_id, self.ctx.owner, self.ctx.settings.lease_s)
@@ -271,7 +326,7 @@ class SearchRun:
             log.info("job %s runs elsewhere (lease %s); this delivery does nothing", job_id,
                      store.lease_holder(job_id))
             return "leased"
-        outcome = "lost"
+        outcome = Outcome.LOST
         try:
             with lease.heartbeat():
                 started = store.start(lease, self.ctx.owner)
@@ -287,68 +342,117 @@ class SearchRun:
             log.info("job %s: attempt ends: %s", job_id, outcome)
             # after the release, so the next delivery can take it: a job handed back by a
             # stopping worker goes first, one that failed goes behind jobs that have not
-            if outcome == "requeued":
-                send_search(self.ctx.app, store, job_id, after="handback")
-            elif outcome == "retry":
-                send_search(self.ctx.app, store, job_id, after="failure")
+            try:
+                if outcome == Outcome.REQUEUED:
+                    send_search(self.ctx.app, store, job_id, after="handback")
+                elif outcome == Outcome.RETRY:
+                    send_search(self.ctx.app, store, job_id, after="failure")
+            except Exception as e:  # the watchdog resends a queued job whose message is gone
+                log.warning("job %s: message not sent again (%s); the watchdog will", job_id, describe(e))
 
     def _run(self, job: dict, lease: Lease) -> str:
         stop = StopCheck(self.ctx.store, lease, job["started"] + job["time_limit_s"])
         publisher = CheckpointPublisher(self.ctx, lease, self.job_dir / "checkpoint.pt")
-        reporter = Reporter(self.ctx.store, lease, publisher)
-        try:
-            if job.get("mask_id") and job["mask_id"] in self.ctx.catalog:  # died after the catalog write
-                data = self.ctx.catalog.bytes(job["mask_id"])
-            else:
-                data = self._search(job, reporter, stop)
-        except SearchCancelled:
-            publisher.join()
-            return self._stopped(job, lease, stop.reason, reporter.iteration)
-        except Exception as e:
-            publisher.join()
-            if lease.lost.is_set():
-                log.warning("job %s: %s after its lease was lost; left to its new owner", self.job_id, e)
-                return "lost"
-            log.exception("job %s failed", self.job_id)
-            self.ctx.store.finish(lease, FAILED, error=self.ctx.public_error(e), finished=time.time())
-            metrics.JOBS.labels(FAILED).inc()
-            self._clean()
-            return FAILED
+        with PhaseBeat(self.ctx.store, lease) as phases:
+            reporter = Reporter(self.ctx.store, lease, publisher, phases)
+            try:
+                if job.get("mask_id") and self._stored(job["mask_id"], lease):  # died after the catalog write
+                    data = self._with_store("reading its stored mask", lease,
+                                            lambda: self.ctx.catalog.bytes(job["mask_id"]))
+                else:
+                    data = self._search(job, reporter, stop, phases)
+            except SearchCancelled:
+                publisher.join()
+                return self._stopped(job, lease, stop.reason, reporter.iteration)
+            except Exception as e:
+                publisher.join()
+                if lease.lost.is_set():
+                    log.warning("job %s: %s after its lease was lost; left to its new owner", self.job_id, e)
+                    return Outcome.LOST
+                if transient(e):  # the store stayed away past SLT_STORE_RETRY_S: one failure
+                    log.warning("job %s: the shared store stayed unavailable (%s); handed back",
+                                self.job_id, describe(e))
+                    return self._retry(job, lease, e, reporter.iteration)
+                log.exception("job %s failed", self.job_id)
+                return self._end(lease, FAILED, error=self.ctx.public_error(e), finished=time.time())
         publisher.join()
         try:
-            return self._succeed(job, lease, data)
-        except Exception as e:  # outside the search (the catalog, Redis): may pass on a retry
+            return self._with_store("storing its mask", lease, lambda: self._succeed(job, lease, data))
+        except Exception as e:  # outside the search (the catalog's disk, the store): may pass on a retry
             log.exception("job %s: the search finished but storing its mask failed", self.job_id)
             return self._retry(job, lease, e, reporter.iteration)
+
+    def _stored(self, mask_id: str, lease: Lease) -> bool:
+        return self._with_store("looking up its mask", lease, lambda: mask_id in self.ctx.catalog)
+
+    def _with_store(self, what: str, lease: Lease, step):
+        """`step()`, retried with backoff while it meets a transient fault of the shared store
+        (Redis away, an S3 5xx), for up to SLT_STORE_RETRY_S; then, or for any other error,
+        the error is raised. Steps given here are idempotent."""
+        delay, waited = RETRY_FIRST_S, 0.0
+        while True:
+            try:
+                return step()
+            except Exception as e:
+                if not transient(e) or lease.lost.is_set() or STOP.is_set() \
+                        or waited >= self.ctx.settings.store_retry_s:
+                    raise
+                log.warning("job %s: %s: %s; retrying in %.0f s", self.job_id, what, describe(e), delay)
+                try:
+                    self.ctx.store.update(lease, {"note": f"waiting for the shared store while {what} "
+                                                          f"({describe(e)[:200]})"})
+                except redis.RedisError:
+                    pass
+                if STOP.wait(delay):
+                    raise
+                waited += delay
+                delay = min(2 * delay, RETRY_MAX_S)
+
+    def _end(self, lease: Lease, status: str, **fields) -> str:
+        """End the run as `status` by its lease holder. Only a holder that really ended the job
+        removes its checkpoints; one fenced out (its lease gone) leaves them to the new owner."""
+        if not self.ctx.store.finish(lease, status, **fields):
+            log.warning("job %s: not ended %s: its lease is gone (taken over?)", self.job_id, status)
+            return Outcome.LOST
+        metrics.JOBS.labels(status).inc()
+        self._clean()
+        return status
 
     def _retry(self, job: dict, lease: Lease, e: BaseException, iteration: int) -> str:
         """Hand the job back after an error outside the search, one failure counted; at
         SLT_MAX_ATTEMPTS it ends failed with the error."""
-        failures = (self.ctx.store.get(self.job_id) or job).get("failures", 0) + 1
-        error = self.ctx.public_error(e)
+        error = self.ctx.public_error(e) if not transient(e) else describe(e)
         try:
+            failures = (self.ctx.store.get(self.job_id) or job).get("failures", 0) + 1
             outcome = self.ctx.store.requeue_running(
                 self.job_id, f"attempt failed at iteration {iteration} ({error[:200]}); retried",
                 max_failures=self.ctx.settings.max_attempts, kind="handback", token=lease.token,
                 error=f"failed {failures} times; last error: {error}")
         except redis.RedisError as re:
-            log.warning("job %s: cannot hand it back (%s); the watchdog will", self.job_id, re)
-            return "lost"
-        if outcome == "failed":
+            log.warning("job %s: cannot hand it back (%s); the watchdog will", self.job_id, describe(re))
+            return Outcome.STORE_DOWN
+        if outcome == FAILED:
             metrics.JOBS.labels(FAILED).inc()
             self._clean()
-        return {"requeued": "retry"}.get(outcome, outcome)
+        return Outcome.RETRY if outcome == Outcome.REQUEUED else outcome
 
-    def _search(self, job: dict, reporter: Reporter, stop: StopCheck) -> bytes:
-        ds = StoppableDataset(self.ctx.open_dataset(job["dataset"]), stop)
+    def _search(self, job: dict, reporter: Reporter, stop: StopCheck, phases: PhaseBeat) -> bytes:
+        lease = stop.lease
+        phases.enter(f"opening dataset {job['dataset']} (fetched and hashed the first time)")
+        ds = StoppableDataset(self._with_store("fetching its dataset", lease,
+                                               lambda: self.ctx.open_dataset(job["dataset"])), stop)
         ckpt = self.job_dir / "checkpoint.pt"
         if not ckpt.exists():  # taken over from another host: resume from its published checkpoint
-            it = self.ctx.checkpoints.fetch(self.job_id, ckpt)
+            phases.enter("fetching its published checkpoint")
+            it = self._with_store("fetching its checkpoint", lease,
+                                  lambda: self.ctx.checkpoints.fetch(self.job_id, ckpt))
             if it is not None:
                 log.info("job %s: published checkpoint (iteration %d) fetched", self.job_id, it)
                 metrics.TAKEOVERS.inc()
         prefix = ds.dataset_sha256[:16]
+        phases.enter("fetching feature statistics")
         self._sync_moments("pull", prefix)
+        phases.enter("loading the feature extractor and real statistics")
         cfg = config_from_record(job["config"])
         res = search(BaseSpec.from_dict(job["base"]), cfg, ds, domain=job["domain"],
                      device=self.ctx.device, progress=reporter, cancel=stop,
@@ -360,45 +464,48 @@ class SearchRun:
     def _sync_moments(self, way: str, prefix: str) -> None:
         try:
             getattr(self.ctx.moments, way)(self.ctx.moments_dir(), prefix)
-        except (redis.RedisError, OSError) as e:  # computed locally instead
-            log.warning("feature statistics not %sed: %s", way, e)
+        except Exception as e:  # computed locally instead
+            if not (transient(e) or isinstance(e, OSError)):
+                raise
+            log.warning("feature statistics not %sed: %s", way, describe(e))
 
     def _stopped(self, job: dict, lease: Lease, reason: str | None, iteration: int) -> str:
-        store, now = self.ctx.store, time.time()
+        now = time.time()
         if reason == "cancel":
-            store.finish(lease, CANCELLED, finished=now, note=f"cancelled at iteration {iteration}")
             log.info("job %s cancelled at iteration %d", self.job_id, iteration)
-            self._clean()
-            return CANCELLED
+            return self._end(lease, CANCELLED, finished=now, note=f"cancelled at iteration {iteration}")
         if reason == "time":
-            store.finish(lease, FAILED, finished=now,
-                         error=f"time limit: still running after {job['time_limit_s']:g} s "
-                               f"(SLT_JOB_TIME_LIMIT_S); stopped at iteration {iteration}")
             log.warning("job %s failed: past its time limit at iteration %d", self.job_id, iteration)
-            self._clean()
-            return FAILED
+            return self._end(lease, FAILED, finished=now,
+                             error=f"time limit: still running after {job['time_limit_s']:g} s "
+                                   f"(SLT_JOB_TIME_LIMIT_S); stopped at iteration {iteration}")
         if reason == "shutdown":
-            ok = store.finish(lease, QUEUED, note=f"its worker stopped at iteration {iteration}; "
-                                                  "it resumes from its last checkpoint")
+            try:
+                ok = self.ctx.store.finish(lease, QUEUED, note=f"its worker stopped at iteration "
+                                                               f"{iteration}; it resumes from its last checkpoint")
+            except redis.RedisError as e:
+                log.warning("job %s: not handed back (%s); the watchdog will", self.job_id, describe(e))
+                return Outcome.STORE_DOWN
             if ok:
                 log.info("job %s handed back at iteration %d (the worker is stopping)", self.job_id, iteration)
-            return "requeued" if ok else "lost"
+            return Outcome.REQUEUED if ok else Outcome.LOST
         log.warning("job %s: no longer ours (lease lost or status changed); stopped", self.job_id)
-        return "lost"
+        return Outcome.LOST
 
     def _succeed(self, job: dict, lease: Lease, data: bytes) -> str:
+        """Idempotent (retried after a store fault): publish, record, promote, finish."""
         ctx = self.ctx
         # verified; this host's file, the blob and the shared index entry; idempotent
         mask_id, _ = ctx.catalog.publish(data)
         # recorded before anything else, so a crash from here on finishes these steps again
         # instead of searching again
         if not ctx.store.update(lease, {"mask_id": mask_id}):
-            return "lost"
+            return self._finished_elsewhere(mask_id)
         if job["promote"]:
             ctx.domains.promote(job["domain"], mask_id, by=f"job:{self.job_id}")
         if not ctx.store.finish(lease, SUCCEEDED, mask_id=mask_id, progress=1.0, eta_s=0.0,
                                 finished=time.time()):
-            return "lost"
+            return self._finished_elsewhere(mask_id)
         metrics.JOBS.labels(SUCCEEDED).inc()
         log.info("job %s succeeded: mask %s%s", self.job_id, mask_id[:12],
                  f", promoted to {job['domain']}" if job["promote"] else "")
@@ -408,12 +515,21 @@ class SearchRun:
                               priority=LOW_PRIORITY)
         return SUCCEEDED
 
+    def _finished_elsewhere(self, mask_id: str) -> str:
+        """A write refused: the lease is gone, or an earlier try of this step did finish (its
+        answer lost in a store fault)."""
+        rec = self.ctx.store.get(self.job_id) or {}
+        if rec.get("status") == SUCCEEDED and rec.get("mask_id") == mask_id:
+            self._clean()
+            return SUCCEEDED
+        return Outcome.LOST
+
     def _clean(self) -> None:
         shutil.rmtree(self.job_dir, ignore_errors=True)
         try:
             self.ctx.checkpoints.drop(self.job_id)
-        except redis.RedisError as e:  # retention drops it later
-            log.warning("job %s: published checkpoint not dropped: %s", self.job_id, e)
+        except Exception as e:  # retention drops it later
+            log.warning("job %s: published checkpoint not dropped: %s", self.job_id, describe(e))
 
 
 def dataset_stats(ctx: Context, dataset: str, features: str) -> dict:

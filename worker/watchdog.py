@@ -6,7 +6,12 @@ Every `lease_s / 2` seconds (and once at start) it sweeps the active jobs:
   counted; the job goes back to `queued` and its message is sent again behind the jobs that
   have not failed, so this or another worker resumes it from its checkpoint (the local one, or
   the one published to the shared store). At SLT_MAX_ATTEMPTS failures it ends `failed`:
-  "worker lost N times, last at iteration I".
+  "worker lost N times, last at iteration I". Failures are cleared once the job gets past the
+  iteration where the last one happened (a crash that repeats at one place still ends it).
+- ... unless the lease ran out during a store outage (store.outages: a live process saw the
+  store away over the job's silence). Then its worker is given a lease's time after the
+  outage to take its lease back and go on; if it does not, the job is requeued with no
+  failure counted: the store, not the job, was at fault.
 - `running` with a live lease but no progress for SLT_STALL_S (a search hung inside a kernel,
   a dead disk): its lease is revoked and it is handled as above ("stalled").
 - `queued` with no message in the broker (lost with a worker that took it and died before
@@ -15,8 +20,8 @@ Every `lease_s / 2` seconds (and once at start) it sweeps the active jobs:
 Several workers may sweep at once: the status changes are atomic and a resend is claimed
 first, so a job is sent again once.
 
-About once a minute one worker of the cluster (a lock in Redis) also trims the previews, loss
-curves and checkpoints of jobs finished more than SLT_JOB_RETENTION_S ago; about every ten
+About once a minute one worker of the cluster (a lock in Redis) also deletes the jobs
+finished more than SLT_JOB_RETENTION_S ago (records, previews, curves, checkpoints); about every ten
 minutes it collects blobs nothing refers to (a scan of every blob and manifest, so not each
 minute: a blob is only deleted an hour after it was first found unreferenced anyway).
 """
@@ -28,6 +33,7 @@ import time
 
 import redis
 
+from store.faults import describe
 from store.gc import collect_blobs
 from store.jobs import QUEUED, RUNNING
 from worker import metrics
@@ -53,10 +59,13 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         while True:
             try:
+                self.ctx.client.ping()
+                self.ctx.outages.succeeded()  # an outage this process lived through is recorded
                 self.sweep()
                 self.maintain()
             except redis.RedisError as e:
-                log.warning("watchdog: redis unavailable (%s); trying again", e)
+                self.ctx.outages.failed()
+                log.warning("watchdog: %s; trying again", describe(e))
             except Exception:  # the thread must outlive any one bad record
                 log.exception("watchdog sweep failed")
             if self.halt.wait(self.interval):
@@ -86,8 +95,26 @@ class Watchdog(threading.Thread):
                     send_search(self.ctx.app, store, job_id,
                                 after="failure" if job.get("failures") else "new")
 
+    def _outages_over(self, job: dict) -> list[tuple[float, float]]:
+        """Recorded store outages that ended after the job last showed progress: a lease that
+        ran out then is the store's fault, not the worker's."""
+        return self.ctx.outages.spans_after(job.get("heartbeat") or job.get("started") or 0.0)
+
     def _requeue(self, job: dict, kind: str, since: float = 0.0) -> str:
         s, job_id, it = self.ctx.settings, job["job_id"], job["iteration"]
+        if spans := self._outages_over(job):
+            if self.ctx.outages.server_time() < max(end for _, end in spans) + s.lease_s:
+                return "waiting"  # its worker may still take its lease back
+            longest = max(end - start for start, end in spans)
+            note = (f"its lease ran out during a store outage of {longest:.0f} s at iteration {it}; "
+                    "resuming from the last checkpoint (no failure counted)")
+            outcome = self.ctx.store.requeue_running(job_id, note, max_failures=s.max_attempts,
+                                                     kind=kind, since=since, count=False)
+            if outcome == "requeued":
+                log.warning("job %s: lost during a store outage; sending it again (not counted)", job_id)
+                metrics.REQUEUES.labels("outage").inc()
+                send_search(self.ctx.app, self.ctx.store, job_id, after="handback")
+            return outcome
         failures = (job.get("failures") or 0) + 1
         if kind == "lost":
             note = f"its worker stopped responding at iteration {it}; resuming from the last checkpoint"
@@ -143,14 +170,14 @@ class Watchdog(threading.Thread):
 
 
 def trim_finished_jobs(ctx: Context, now: float | None = None) -> int:
-    """Previews, loss curves and published checkpoints of jobs finished more than
-    SLT_JOB_RETENTION_S ago; returns the jobs trimmed."""
+    """Jobs finished more than SLT_JOB_RETENTION_S ago go entirely: record, previews, loss
+    curve, published checkpoint and index entries; returns how many."""
     n = 0
     while ids := ctx.store.expired(ctx.settings.job_retention_s, now):
         for job_id in ids:
-            ctx.store.trim(job_id)
             ctx.checkpoints.drop(job_id)
+            ctx.store.delete(job_id)
             n += 1
     if n:
-        log.info("retention: %d finished jobs trimmed", n)
+        log.info("retention: %d finished jobs deleted", n)
     return n

@@ -86,6 +86,10 @@ class Job(BaseModel):
     mask_id: str | None = None
     error: str | None = None
     note: str | None = Field(None, description="what happened to the job, e.g. resumed after its worker was lost")
+    phase: str | None = Field(None, description="what a running job does now: fetching or hashing its "
+                                                "dataset, fetching a checkpoint, loading the extractor, searching")
+    failures: int = Field(0, description="failures counted toward SLT_MAX_ATTEMPTS (cleared once the "
+                                         "job gets past the iteration of the last one)")
     preset: str | None = None
     config: dict = Field(description="the exact search settings")
     promote: bool

@@ -264,7 +264,7 @@ def test_indexes_are_built_once_for_jobs_recorded_before_them(client):
     assert store.counts()["queued"] == 2 and store.counts()["succeeded"] == 1
 
 
-def test_retention_trims_finished_jobs_only(client):
+def test_retention_deletes_finished_jobs_only_and_leaves_nothing_behind(client):
     store = JobStore(client)
     old, recent, live = new_job(store), new_job(store), new_job(store)
     for job_id in (old, recent):
@@ -273,9 +273,14 @@ def test_retention_trims_finished_jobs_only(client):
         store.finish(lease, "succeeded", finished=time.time())
     client.zadd("slt:jobs:finished", {old: time.time() - 1000})
     assert store.expired(500) == [old]
-    store.trim(old)
-    assert store.preview(old) is None and store.losses(old) == []
-    assert store.get(old)["status"] == "succeeded" and store.get(old)["preview_iteration"] is None
+    assert not store.delete(live)  # a job still queued is never deleted
+    assert store.delete(old)
+    assert store.preview(old) is None and store.losses(old) == [] and store.get(old) is None
+    # nothing of it is left: no key under its name, no index entry
+    assert [k for k in client.scan_iter(match=f"slt:job:{old}*")] == []
+    for index in ("slt:jobs", "slt:jobs:finished", *(f"slt:jobs:status:{s}" for s in STATUSES)):
+        assert client.zscore(index, old) is None, index
+    assert store.counts()["succeeded"] == 1 and [j["job_id"] for j in store.list()] == [live, recent]
     assert store.preview(recent) == b"png" and store.losses(recent) == [[5, 1.0]]
     assert store.expired(500) == [] and live in store.active_ids()
 

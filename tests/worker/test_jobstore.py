@@ -9,10 +9,10 @@ import pytest
 from kombu import Connection
 
 from store.connection import EmbeddedRedis, connect
-from store.jobs import JobStore, search_config
+from store.jobs import JobStore
 from store.settings import SharedSettings
 from worker.app import QUEUE, producer
-from worker.queue import pending_job_ids, send_search
+from worker.queue import pending_job_ids, search_config, send_search
 
 
 @pytest.fixture(scope="module")

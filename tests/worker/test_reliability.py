@@ -14,10 +14,9 @@ from slt_stack import Stack, assert_catalog_intact, copy_images
 
 from store.connection import EmbeddedRedis
 from store.domains import DomainRegistry
-from store.jobs import search_config
 from store.settings import SharedSettings
 from worker.app import QUEUE, producer
-from worker.queue import JOB_HEADER, SEARCH_TASK, send_search
+from worker.queue import JOB_HEADER, SEARCH_TASK, search_config, send_search
 
 pytestmark = pytest.mark.slow
 

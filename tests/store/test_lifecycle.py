@@ -1,0 +1,124 @@
+"""The job lifecycle, exhaustively: every (status, event) pair is either allowed with its result
+or refused, in the Python table and in the Lua scripts on a real redis-server alike.
+
+`EXPECTED` is written here from the lifecycle the docs describe (docs/OPERATIONS.md, the
+module docstring of store/lifecycle.py), not read from the code's table, so a change of either
+the table or a script that disagrees with it fails here.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from store.connection import EmbeddedRedis, connect
+from store.jobs import JobStore
+from store.lifecycle import (
+    ACTIVE,
+    FINISHED,
+    TERMINAL,
+    TRANSITIONS,
+    Event,
+    Status,
+    next_status,
+    status_index,
+)
+
+Q, R, OK, F, C = "queued", "running", "succeeded", "failed", "cancelled"
+EXPECTED: dict[tuple[str, str], str] = {
+    (Q, "start"): R,
+    (Q, "cancel"): C,
+    (R, "start"): R,  # a new holder re-takes a job whose lease expired
+    (R, "reclaim"): R,
+    (R, "cancel"): R,  # flagged; its worker stops at the next iteration
+    (R, "succeed"): OK,
+    (R, "fail"): F,
+    (R, "stop_cancelled"): C,
+    (R, "hand_back"): Q,
+    (R, "retry"): Q,
+    (R, "give_up"): F,
+    (R, "abandon"): C,
+    (R, "expire"): F,
+}
+PAIRS = [(s.value, e.value) for s in Status for e in Event]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
+        yield r
+
+
+@pytest.fixture
+def store(server):
+    client = connect(server.url)
+    client.flushdb()
+    return JobStore(client)
+
+
+def job_in(store: JobStore, status: str) -> str:
+    """A job record put straight into `status`, its indexes to match."""
+    job_id = store.create(domain="d", dataset="x", preset="demo", config={"iterations": 10},
+                          base={}, promote=False, time_limit_s=3600)["job_id"]
+    r = store.r
+    r.hset(store.key(job_id), "status", json.dumps(status))
+    r.zrem(status_index(Q), job_id)
+    r.zadd(status_index(status), {job_id: 1.0})
+    if status in TERMINAL:
+        r.srem(ACTIVE, job_id)
+        r.zadd(FINISHED, {job_id: 1.0})
+    return job_id
+
+
+def fire(store: JobStore, job_id: str, event: str) -> bool:
+    """Set up what `event` needs and perform it through the real operation; True if the
+    operation reports that it happened."""
+    r = store.r
+    lease = store.lease(job_id, "w", ttl_s=30)
+    if event == "start":
+        assert lease.acquire()
+        return store.start(lease, "w") == "ok"
+    if event == "reclaim":  # its lease ran out while the store was away; same holder
+        r.hset(store.key(job_id), "lease_token", json.dumps(lease.token))
+        return lease.reclaim() == "ok"
+    if event == "cancel":
+        return store.request_cancel(job_id) in ("cancelled", "cancelling")
+    finish = {"succeed": OK, "fail": F, "stop_cancelled": C, "hand_back": Q}
+    if event in finish:
+        assert lease.acquire()
+        return store.finish(lease, finish[event])
+    if event == "retry":
+        return store.requeue_running(job_id, "lost", kind="lost", max_failures=5) == "requeued"
+    if event == "give_up":
+        return store.requeue_running(job_id, "lost", kind="lost", max_failures=1) == "failed"
+    if event == "abandon":
+        r.hset(store.key(job_id), "cancel_requested", "true")
+        return store.requeue_running(job_id, "lost", kind="lost", max_failures=5) == "cancelled"
+    if event == "expire":
+        return store.expire_running(job_id, "time limit")
+    raise AssertionError(f"no operation for event {event}")
+
+
+def test_python_table_is_the_documented_lifecycle():
+    for status, event in PAIRS:
+        assert next_status(status, event) == EXPECTED.get((status, event)), (status, event)
+    assert {(s.value, e.value): t.value for (s, e), t in TRANSITIONS.items()} == EXPECTED
+    assert next_status("nonsense", "start") is None and next_status(Q, "nonsense") is None
+
+
+@pytest.mark.parametrize("status,event", PAIRS)
+def test_lua_scripts_follow_the_table(store, status, event):
+    job_id = job_in(store, status)
+    happened = fire(store, job_id, event)
+    after = store.get(job_id)["status"]
+    expected = EXPECTED.get((status, event))
+    if expected is None:
+        assert not happened and after == status, f"{status} --{event}--> {after}: should be refused"
+    else:
+        assert happened and after == expected, f"{status} --{event}--> {after}, expected {expected}"
+    # the indexes follow the record: one status index, active iff not terminal
+    r = store.r
+    for s in Status:
+        assert (r.zscore(status_index(s), job_id) is not None) == (s.value == after), (s, after)
+    assert r.sismember(ACTIVE, job_id) == (after not in TERMINAL)
+    assert (r.zscore(FINISHED, job_id) is not None) == (after in TERMINAL)
