@@ -86,16 +86,19 @@ redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2])
 return 'ok'
 """
 # KEYS: job, lease, losses, preview. ARGV: token, loss point or '', png or '', max points,
-# iteration or '', field, value, ... Progress of the lease holder of a running job. Real
-# progress (an iteration past the one where the last failure happened) clears the failures.
+# iteration or '', now, decay seconds, field, value, ... Progress of the lease holder of a
+# running job. Real progress (an iteration past the one where the last failure happened, at
+# least `decay` seconds after it) clears the failures: blips over a long job never add up to
+# its end, while a crash that repeats at one place, or soon after every start, still does.
 _UPDATE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 if ARGV[5] ~= '' then
   local failures = tonumber(redis.call('HGET', KEYS[1], 'failures')) or 0
   local at = tonumber(redis.call('HGET', KEYS[1], 'failed_at')) or -1
-  if failures > 0 and tonumber(ARGV[5]) > at then
+  local when = tonumber(redis.call('HGET', KEYS[1], 'failed_time')) or 0
+  if failures > 0 and tonumber(ARGV[5]) > at and tonumber(ARGV[6]) - when >= tonumber(ARGV[7]) then
     redis.call('HSET', KEYS[1], 'failures', 0, 'failures_cleared', ARGV[5])
   end
 end
@@ -158,7 +161,7 @@ end
 local failures = tonumber(redis.call('HGET', KEYS[1], 'failures')) or 0
 if ARGV[8] == '1' then
   failures = failures + 1
-  redis.call('HSET', KEYS[1], 'failures', failures,
+  redis.call('HSET', KEYS[1], 'failures', failures, 'failed_time', ARGV[1],
              'failed_at', redis.call('HGET', KEYS[1], 'iteration') or '0')
 end
 if failures >= tonumber(ARGV[4]) then
@@ -216,8 +219,8 @@ def client_with_timeout(client: redis.Redis, seconds: float) -> redis.Redis:
 class JobStore:
     """Job records, their progress and their leases, in one Redis."""
 
-    def __init__(self, client: redis.Redis):
-        self.r = client
+    def __init__(self, client: redis.Redis, failure_decay_s: float = 3600.0):
+        self.r, self.failure_decay_s = client, failure_decay_s
         self._start, self._update, self._finish, self._cancel, self._requeue, self._expire, \
             self._delete = (client.register_script(s) for s in (
                 _START, _UPDATE, _FINISH, _CANCEL, _REQUEUE, _EXPIRE, _DELETE))
@@ -235,7 +238,7 @@ class JobStore:
                    progress=0.0, iteration=0, iterations=config["iterations"], loss=None, lr=None,
                    eta_s=None, keep=None, mask_id=None, error=None, note=None, phase=None,
                    created=now, enqueued=now, started=None, finished=None, heartbeat=None,
-                   attempts=0, failures=0, failed_at=None, requeues=0, resumed_from=None,
+                   attempts=0, failures=0, failed_at=None, failed_time=None, requeues=0, resumed_from=None,
                    preview_iteration=None, worker=None, lease_token=None,
                    cancel_requested=False, checkpoint_iteration=None)
         with self.r.pipeline() as p:
@@ -324,14 +327,16 @@ class JobStore:
     def update(self, lease: Lease, fields: dict, point: tuple[int, float | None] | None = None,
                preview: bytes | None = None) -> bool:
         """Progress of a running job, written only by its lease holder; False if it is not. An
-        `iteration` past the one of the job's last failure clears its failures."""
+        `iteration` past the one of the job's last failure, `failure_decay_s` after it, clears
+        its failures."""
         flat = [x for k, v in fields.items() for x in (k, json.dumps(v))]
         pt = json.dumps([point[0], _finite(point[1])]) if point else ""
         it = str(int(fields["iteration"])) if fields.get("iteration") is not None else ""
         job_id = lease.job_id
         return bool(self._update(keys=[self.key(job_id), lease.key, self.key(job_id, "losses"),
                                        self.key(job_id, "preview")],
-                                 args=[lease.token, pt, preview or b"", LOSS_POINTS, it, *flat]))
+                                 args=[lease.token, pt, preview or b"", LOSS_POINTS, it, time.time(),
+                                       self.failure_decay_s, *flat]))
 
     def touch(self, lease: Lease, phase: str | None = None) -> bool:
         """Progress without a new iteration (fetching, hashing, the real-statistics pass): the
@@ -412,7 +417,7 @@ class Lease:
         self.key = lease_key(job_id)
         self.token = f"{owner}/{uuid.uuid4().hex[:8]}"
         self.r = client_with_timeout(store.r, max(0.05, ttl_s / 4))
-        self.outages = outages or OutageLog(self.r)
+        self.outages = outages or OutageLog(self.r, min_s=ttl_s / 2)
         self._renew, self._release, self._reclaim = (self.r.register_script(s) for s in (
             _RENEW, _RELEASE, _RECLAIM))
         self.lost = threading.Event()  # the lease is someone else's now: this run stops
@@ -458,7 +463,7 @@ class Lease:
         last_ok = time.monotonic()
         while not stop.wait(self.ttl_s / 3):
             try:
-                renewed = self.renew()
+                renewed = self.outages.timed(self.renew)
             except redis.RedisError as e:
                 # the store is away: the lease counts down there (or already ran out). Wait for
                 # the store rather than give up, and keep the search still once the lease may
@@ -469,7 +474,7 @@ class Lease:
                                 "waits for it", self.job_id, time.monotonic() - last_ok, e)
                     self.suspended.set()
                 continue
-            away = self.outages.succeeded()
+            away = self.outages.away  # the store just came back after this long (0: it never left)
             if renewed:
                 last_ok = time.monotonic()
                 self.suspended.clear()

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 KEY = "slt:store:outages"
 KEEP = 200  # the newest spans kept
-MIN_S = 1.0  # shorter failures are blips, not outages
 
 # KEYS: outages. ARGV: seconds the caller saw the store fail, spans kept. Ends the span now,
 # by the server's clock.
@@ -37,11 +36,13 @@ return tostring(now)
 
 class OutageLog:
     """One process's view: `failed()` when a call to the store fails, `succeeded()` when one
-    works; a failure span of at least MIN_S is recorded when the store answers again."""
+    works; a failure span of at least `min_s` is recorded when the store answers again. Give
+    `min_s` half a lease: a shorter outage cannot cost a lease (renewals come every third)."""
 
-    def __init__(self, client: redis.Redis):
-        self.r = client
+    def __init__(self, client: redis.Redis, min_s: float = 1.0):
+        self.r, self.min_s = client, min_s
         self._since: float | None = None  # monotonic time of the first failure in a row
+        self.away = 0.0  # seconds of the failure span the last success ended (0: none)
         self._lock = threading.Lock()
         self._record = client.register_script(_RECORD)
 
@@ -61,9 +62,10 @@ class OutageLog:
         with self._lock:
             since, self._since = self._since, None
         if since is None:
+            self.away = 0.0
             return 0.0
-        seconds = time.monotonic() - since
-        if seconds >= MIN_S:
+        seconds = self.away = time.monotonic() - since
+        if seconds >= self.min_s:
             try:
                 self._record(keys=[KEY], args=[seconds, KEEP])
                 log.warning("the shared store was unreachable for %.1f s; recorded as an outage", seconds)
@@ -72,6 +74,21 @@ class OutageLog:
                     self._since = since if self._since is None else min(since, self._since)
                 log.warning("store outage not recorded yet: %s", e)
         return seconds
+
+    def timed(self, call):
+        """`call()`, its time counted as an outage when it took `min_s` or more: a stopped
+        server keeps a request waiting (the connection stays open), so it seems slow, not down."""
+        t0 = time.monotonic()
+        try:
+            out = call()
+        except redis.RedisError:
+            self.failed()
+            raise
+        if time.monotonic() - t0 >= self.min_s:
+            with self._lock:
+                self._since = t0 if self._since is None else min(self._since, t0)
+        self.succeeded()
+        return out
 
     def spans_after(self, t: float) -> list[tuple[float, float]]:
         """Recorded outages (start, end) that ended after time `t` (seconds since the epoch)."""

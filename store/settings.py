@@ -73,6 +73,9 @@ class SharedSettings(BaseSettings):
     # a job step that meets a transient store fault (Redis away, an S3 5xx) retries with
     # backoff this long before the attempt is handed back, one failure counted
     store_retry_s: float = Field(900.0, ge=0)
+    # a job's failures are forgotten once it runs past the iteration of the last one, at least
+    # this long after it (a crash that repeats at one place, or soon after each start, is not)
+    failure_decay_s: float = Field(3600.0, ge=0)
 
     @field_validator("home")
     @classmethod

@@ -72,13 +72,13 @@ class Context:
         settings = settings or get_settings()
         client = connect(app.conf.broker_url, settings.redis_socket_timeout_s)
         blobs = blob_store(settings, client)
-        return cls(app, settings, client, JobStore(client), blobs,
+        return cls(app, settings, client, JobStore(client, settings.failure_decay_s), blobs,
                    SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir)),
                    DomainRegistry(client),
                    SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
                    SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
                    SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}",
-                   OutageLog(client))
+                   OutageLog(client, min_s=settings.lease_s / 2))
 
     @property
     def device(self) -> str:
@@ -201,7 +201,10 @@ class Reporter:
         try:
             if not self.store.update(self.lease, fields, point=(p.iteration, loss),
                                      preview=p.preview_png):
-                self.lease.lost.set()  # lease expired or taken over, or the job ended elsewhere
+                # not ours just now: the heartbeat finds out whether the lease is lost or was
+                # only away with the store (and takes it back), the stop check whether the job
+                # ended elsewhere
+                log.debug("job %s: progress refused", self.lease.job_id)
         except redis.RedisError as e:  # progress is best effort; the lease decides ownership
             log.warning("job %s: progress not written: %s", self.lease.job_id, e)
 

@@ -59,8 +59,8 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                self.ctx.client.ping()
-                self.ctx.outages.succeeded()  # an outage this process lived through is recorded
+                # an outage this process lived through (calls failing, or one hanging) is recorded
+                self.ctx.outages.timed(self.ctx.client.ping)
                 self.sweep()
                 self.maintain()
             except redis.RedisError as e:

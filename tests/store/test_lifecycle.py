@@ -122,3 +122,59 @@ def test_lua_scripts_follow_the_table(store, status, event):
         assert (r.zscore(status_index(s), job_id) is not None) == (s.value == after), (s, after)
     assert r.sismember(ACTIVE, job_id) == (after not in TERMINAL)
     assert (r.zscore(FINISHED, job_id) is not None) == (after in TERMINAL)
+
+
+def _running(store: JobStore, job_id: str, iteration: int = 0):
+    lease = store.lease(job_id, "w", ttl_s=30)
+    assert lease.acquire() and store.start(lease, "w") == "ok"
+    store.update(lease, {"iteration": iteration})
+    return lease
+
+
+def test_failures_clear_only_past_the_last_failure_and_after_the_decay_time(server):
+    client = connect(server.url)
+    client.flushdb()
+    job_id = job_in(JobStore(client), Q)
+    slow = JobStore(client, failure_decay_s=3600)
+    lease = _running(slow, job_id, iteration=5)
+    client.delete(lease.key)  # its worker died at iteration 5
+    assert slow.requeue_running(job_id, "lost", max_failures=3) == "requeued"
+    assert slow.get(job_id)["failures"] == 1 and slow.get(job_id)["failed_at"] == 5
+    lease = _running(slow, job_id, iteration=3)  # resumed from a checkpoint before it
+    assert slow.update(lease, {"iteration": 9}) and slow.get(job_id)["failures"] == 1  # too soon
+    fast = JobStore(client, failure_decay_s=0)
+    assert fast.update(lease, {"iteration": 5}) and fast.get(job_id)["failures"] == 1  # not past it
+    assert fast.update(lease, {"iteration": 6}) and fast.get(job_id)["failures"] == 0  # real progress
+
+
+def test_a_loss_blamed_on_the_store_counts_no_failure(server):
+    client = connect(server.url)
+    client.flushdb()
+    store = JobStore(client)
+    job_id = job_in(store, Q)
+    for _ in range(5):  # far past the cap, none counted
+        lease = _running(store, job_id)
+        client.delete(lease.key)
+        assert store.requeue_running(job_id, "outage", max_failures=2, count=False) == "requeued"
+    job = store.get(job_id)
+    assert job["status"] == Q and job["failures"] == 0 and job["requeues"] == 5
+
+
+def test_outages_are_recorded_by_a_process_that_saw_them_in_the_servers_clock(server):
+    import time
+
+    from store.outages import OutageLog
+
+    client = connect(server.url)
+    client.flushdb()
+    log = OutageLog(client)
+    log.failed()
+    time.sleep(0.2)
+    assert log.succeeded() < 1.0 and log.spans_after(0) == []  # a blip is no outage
+    before = log.server_time()
+    log.failed()
+    time.sleep(1.2)
+    assert log.failing_for >= 1.2
+    assert log.succeeded() >= 1.2
+    (start, end), = log.spans_after(before - 5)
+    assert end >= before + 1.2 and 1.2 <= end - start < 5 and log.spans_after(end) == []
