@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from store.settings import SharedSettings, parse_base
 
@@ -34,6 +34,15 @@ class Settings(SharedSettings):
     max_upload_bytes: int = 512 << 20
     max_unpacked_bytes: int = 2 << 30
     max_archive_entries: int = 200_000
+
+    @field_validator("default_preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from trainer.search import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose from {sorted(PRESETS)}")
+        return v
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,9 @@
-"""Settings every process reads (environment variables SLT_*): the shared store, jobs, the base.
+"""Settings every worker and API process reads (environment variables SLT_*): the shared
+store and jobs, on top of the trainer's (home, device, base, weight files).
 
-The service's `Settings` extends this class with what only the API needs, so one name
-(SLT_HOME, SLT_REDIS_URL, SLT_BASE, SLT_LEASE_S, ...) means the same in every process.
+One chain, one declaration per name: trainer.settings.TrainerSettings (the trainer CLI) <-
+SharedSettings (a worker) <- service.settings.Settings (the API and the launcher). So SLT_HOME,
+SLT_REDIS_URL, SLT_BASE, SLT_LEASE_S, ... mean the same in every process.
 """
 from __future__ import annotations
 
@@ -9,10 +11,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from trainer.generator import BaseSpec
 from trainer.settings import TrainerSettings, parse_base  # noqa: F401 (one SLT_BASE parser for all)
 
 # A dataset is an entry of $SLT_HOME/datasets named by this: never a path. Dots only between
@@ -28,13 +28,8 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-class SharedSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLT_", extra="ignore")
-
-    home: Path = Path("./var")
+class SharedSettings(TrainerSettings):
     redis_url: str | None = None  # unset: the embedded redis under home
-    device: str = "auto"  # auto | cpu | cuda
-    base: str = ""  # see parse_base
     demo: bool = False  # queue one demo search per demo dataset on a first start
     log_level: str = "info"  # of `python -m service` and `python -m worker`
     # jobs
@@ -42,7 +37,7 @@ class SharedSettings(BaseSettings):
     lease_s: float = Field(60.0, gt=0)  # a job whose heartbeat is older than this is taken over
     worker_memory_fraction: float = Field(0.6, ge=0.05, le=1.0)  # cap of the worker on a shared GPU
     checkpoint_every_s: float = Field(60.0, gt=0)  # work lost to a crash is at most this
-    default_preset: str = "fast"  # POST /masks without "preset" (trainer.search.PRESETS)
+    default_preset: str = "fast"  # POST /masks without "preset" (checked by the API's Settings)
     # Feature extractor of every search, overriding the preset's. For tests and offline use only
     # (`random`); the API never takes it per job.
     search_features: str | None = None
@@ -77,43 +72,10 @@ class SharedSettings(BaseSettings):
     # this long after it (a crash that repeats at one place, or soon after each start, is not)
     failure_decay_s: float = Field(3600.0, ge=0)
 
-    @field_validator("home")
-    @classmethod
-    def _abs(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
-
-    @field_validator("default_preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        from trainer.search import PRESETS
-
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; choose from {sorted(PRESETS)}")
-        return v
-
-    @property
-    def base_spec(self) -> BaseSpec:
-        return parse_base(self.base)
-
     @property
     def trainer(self) -> TrainerSettings:
-        return TrainerSettings.from_env({"SLT_HOME": str(self.home), "SLT_DEVICE": self.device})
-
-    @property
-    def datasets_dir(self) -> Path:
-        return self.home / "datasets"
-
-    @property
-    def masks_dir(self) -> Path:
-        return self.home / "masks"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.home / "jobs"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.home / "cache"
+        """What the trainer's functions take: these settings are theirs too."""
+        return self
 
     @property
     def redis_dir(self) -> Path:

@@ -42,7 +42,7 @@ def _served_base() -> BaseSpec:
     from trainer.settings import get_settings
 
     try:
-        return get_settings().base
+        return get_settings().base_spec
     except (ValueError, TypeError):  # reported by _spec when a command runs
         return BaseSpec()
 
@@ -118,7 +118,7 @@ def _spec(a: argparse.Namespace) -> BaseSpec:
     """The base of the options, each one not given taken from SLT_BASE (the served base)."""
     from trainer.settings import get_settings
 
-    d = get_settings().base  # a bad SLT_BASE is a clear error here
+    d = get_settings().base_spec  # a bad SLT_BASE is a clear error here
     spec = BaseSpec(nz=d.nz if a.nz is None else a.nz, width=d.width if a.width is None else a.width,
                     init=a.init or d.init, seed=d.seed if a.base_seed is None else a.base_seed)
     if getattr(a, "preset", None) == "demo" and a.width is None and spec.width > 0.25:

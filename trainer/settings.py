@@ -1,12 +1,13 @@
-"""The trainer's typed settings, read from the environment once (SLT_HOME and weight files)."""
+"""The typed settings every process builds on (SLT_HOME, the device, the base, weight files)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.generator import BaseSpec
 
@@ -37,15 +38,39 @@ def _parse_base(value: str | dict | None) -> BaseSpec:
     return BaseSpec.from_dict(d)
 
 
-@dataclass(frozen=True)
-class TrainerSettings:
-    """Where the trainer keeps datasets, masks and caches, and optional local weight files."""
+class TrainerSettings(BaseSettings):
+    """The base of every process's settings (environment variables SLT_*): where datasets,
+    masks, jobs and caches live, the device, the served base, local weight files. The worker's
+    and the API's settings (store.settings.SharedSettings, service.settings.Settings) extend
+    this class, so one name means the same in every process and is declared once."""
 
-    home: Path
+    model_config = SettingsConfigDict(env_prefix="SLT_", extra="ignore", frozen=True)
+
+    home: Path = Path("./var")  # SLT_HOME: datasets/, masks/, jobs/, cache/
+    device: str = "auto"  # SLT_DEVICE: auto | cpu | cuda
+    base: str = ""  # SLT_BASE: the served base, and the CLI's default base (see parse_base)
     vgg19_weights: Path | None = None  # SLT_VGG19_WEIGHTS: local ImageNet VGG19 file
     inception_weights: Path | None = None  # SLT_INCEPTION_WEIGHTS: local FID Inception file
-    device: str = "auto"  # SLT_DEVICE: auto | cpu | cuda
-    base: BaseSpec = BaseSpec()  # SLT_BASE: the served base, and the CLI's default base
+
+    @field_validator("home")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @field_validator("vgg19_weights", "inception_weights")
+    @classmethod
+    def _user(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, v) -> str:
+        return "" if v is None else v if isinstance(v, str) else json.dumps(v)
+
+    @property
+    def base_spec(self) -> BaseSpec:
+        """The parsed SLT_BASE (ValueError naming the problem if it is not a base)."""
+        return parse_base(self.base)
 
     @property
     def datasets_dir(self) -> Path:
@@ -56,25 +81,27 @@ class TrainerSettings:
         return self.home / "masks"
 
     @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> TrainerSettings:
-        env = dict(os.environ if env is None else env)
-        opt = lambda name: Path(env[name]).expanduser() if env.get(name) else None  # noqa: E731
-        return cls(
-            home=Path(env.get("SLT_HOME") or "./var").expanduser().resolve(),
-            vgg19_weights=opt("SLT_VGG19_WEIGHTS"),
-            inception_weights=opt("SLT_INCEPTION_WEIGHTS"),
-            device=env.get("SLT_DEVICE", "auto"),
-            base=parse_base(env.get("SLT_BASE")),
-        )
+    def from_env(cls, env: dict[str, str] | None = None):
+        """Settings from `env` alone (default os.environ): a name missing there takes its
+        default, never the process's own environment."""
+        if env is None:
+            return cls()
+        kwargs = {name: env.get(f"SLT_{name.upper()}", field.get_default())
+                  for name, field in cls.model_fields.items()}
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or k in env})
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> TrainerSettings:
-    """The process-wide settings (tests build their own with `TrainerSettings.from_env`)."""
+    """The process-wide settings of the trainer CLI (tests build their own)."""
     return TrainerSettings.from_env()
 
 

@@ -26,13 +26,15 @@ def search_mask(job_id: str) -> str:
     return SearchRun(context(), job_id)()
 
 
-@app.task(name=STATS_TASK, acks_late=True, ignore_result=False)
+# No result is stored: nothing reads it (the moments go to the shared store, the metrics into
+# the catalog), and a result backend that nobody reads only grows.
+@app.task(name=STATS_TASK, acks_late=True, ignore_result=True)
 def compute_dataset_stats(dataset: str, features: str) -> dict:
     """Cache a dataset's real feature moments, so a search on it starts at once."""
     return dataset_stats(context(), dataset, features)
 
 
-@app.task(name=EVALUATE_TASK, acks_late=True, ignore_result=False)
+@app.task(name=EVALUATE_TASK, acks_late=True, ignore_result=True)
 def evaluate_mask(mask_id: str, dataset: str) -> dict | None:
     """Evaluate a catalog mask against a dataset and record the metrics beside it."""
     return evaluate(context(), mask_id, dataset)
