@@ -7,6 +7,10 @@ content-addressed chunks, with a manifest `slt:dataset:<name>` (`{"name", "sha25
 A host without the dataset fetches it once, verifies it, and unpacks it under
 `$SLT_HOME/cache/shared-datasets/<sha256>/`, so its format, keys and dataset_sha256 are those
 of the original folder.
+
+Two uploads of one archive share every chunk, so nothing here deletes chunks: a failed publish
+leaves what it put to the collector (store/gc.py), which keeps whatever a manifest names. A
+missing or corrupt chunk on fetch is a BlobError; a transient store fault StoreUnavailable.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import redis
 
-from store.blobs import BlobStore, get_chunked, put_chunked
+from store.blobs import BlobStore, get_chunked, put_chunked, unavailable_if_transient
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,10 @@ class SharedDatasets:
 
     def fetch(self, name: str, cache_dir: Path) -> Path | None:
         """This host's copy of shared dataset `name` (fetched, verified and unpacked the first
-        time); None if no dataset of that name was published."""
-        manifest = self.get(name)
+        time); None if no dataset of that name was published. BlobError if a chunk is missing
+        or corrupt; StoreUnavailable when the store fails transiently (retry later)."""
+        with unavailable_if_transient(f"dataset {name}"):
+            manifest = self.get(name)
         if manifest is None:
             return None
         root = cache_dir / "shared-datasets"
@@ -107,7 +113,8 @@ class SharedDatasets:
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
         try:
-            get_chunked(self.blobs, manifest, work / "dataset.zip")
+            with unavailable_if_transient(f"dataset {name}"):
+                get_chunked(self.blobs, manifest, work / "dataset.zip")
             unpack_zip(work / "dataset.zip", work / "data")
             (work / "dataset.zip").unlink()
             try:
