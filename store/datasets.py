@@ -68,14 +68,15 @@ class SharedDatasets:
         self.r, self.blobs, self.max_bytes = client, blobs, max_bytes
 
     def publish(self, name: str, folder: Path, info: dict | None = None) -> dict:
-        """Publish an installed dataset folder; the manifest. ValueError over the size cap."""
+        """Publish an installed dataset folder; the manifest. ValueError over the size cap;
+        StoreUnavailable when the store fails transiently (what was put is the collector's)."""
         with tempfile.TemporaryDirectory(prefix=".publish-", dir=folder.parent) as tmp:
             packed = Path(tmp) / "dataset.zip"
             pack_folder(folder, packed)
             if packed.stat().st_size > self.max_bytes:
                 raise ValueError(f"dataset {name!r} is larger than the shared store's cap "
                                  f"(SLT_SHARED_DATASET_MAX_BYTES={self.max_bytes})")
-            with packed.open("rb") as f:
+            with packed.open("rb") as f, unavailable_if_transient(f"dataset {name}"):
                 manifest = put_chunked(self.blobs, f, self.max_bytes)
         manifest.update(name=name, created=time.time(), images=(info or {}).get("images"),
                         format=(info or {}).get("format"))
