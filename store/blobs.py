@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -81,14 +81,14 @@ def unavailable_if_transient(what: str) -> Iterator[None]:
 class RedisBlobs:
     """Blobs as Redis strings `slt:blob:<sha256>`; their marks in one hash."""
 
-    def __init__(self, client: redis.Redis):
-        self.r = client
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
+        self.r, self.clock = client, clock  # clock: the time a put marks (tests move it)
 
     def put(self, data: bytes) -> str:
         blob_id = sha256(data)
         with self.r.pipeline() as p:  # one transaction: a blob never exists unmarked
             p.set(REDIS_PREFIX + blob_id, data, nx=True)
-            p.hset(REDIS_MARKS, blob_id, time.time())
+            p.hset(REDIS_MARKS, blob_id, self.clock())
             p.execute()
         return blob_id
 

@@ -127,21 +127,21 @@ class Watchdog(threading.Thread):
             log.error("job %s failed: past its time limit, its worker unresponsive", job["job_id"])
         return True
 
-    def maintain(self, force: bool = False) -> None:
+    def maintain(self, force: bool = False, now: float | None = None) -> None:
         """Retention (per MAINTENANCE_S) and blob collection (per GC_S), each by one worker of
         the cluster. The collector keeps what the catalog, the domains (history included),
         datasets, checkpoints and feature statistics name, and refuses to delete at all when
-        the store looks lost or shared (store/gc.py)."""
+        the store looks lost or shared (store/gc.py). `now`: the sweep's clock (tests move it)."""
         ctx = self.ctx
         if not force and not ctx.client.set(MAINTENANCE_LOCK, ctx.owner, nx=True, px=int(MAINTENANCE_S * 1000)):
             return
-        trim_finished_jobs(ctx)
+        trim_finished_jobs(ctx, now)
         if not force and not ctx.client.set(GC_LOCK, ctx.owner, nx=True, px=int(GC_S * 1000)):
             return
         collect_blobs(ctx.client, ctx.blobs,
                       [ctx.catalog.referenced_blobs, lambda: referenced_by_domains(ctx.domains),
                        ctx.datasets.referenced, ctx.checkpoints.referenced, ctx.moments.referenced],
-                      **gc_options(ctx.settings))
+                      now=now, **gc_options(ctx.settings))
 
 
 def trim_finished_jobs(ctx: Context, now: float | None = None) -> int:
