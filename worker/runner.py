@@ -140,7 +140,7 @@ class CheckpointPublisher:
         try:
             if self.lease.lost.is_set():
                 return
-            if self.ctx.checkpoints.publish(job_id, self.path, iteration) is not None:
+            if self.ctx.checkpoints.publish(job_id, self.path, iteration, self.lease.token) is not None:
                 self.ctx.store.update(self.lease, {"checkpoint_iteration": iteration})
                 log.info("job %s: checkpoint at iteration %d published", job_id, iteration)
         except Exception as e:  # the local checkpoint still protects this host's restarts
