@@ -56,6 +56,7 @@ class BlobStore(Protocol):
     def ids(self) -> Iterator[str]: ...
     def marks(self) -> Iterator[tuple[str, float]]: ...
     def mark(self, blob_id: str) -> float | None: ...
+    def delete_if_unput_since(self, blob_id: str, since: float) -> bool: ...
     def claims(self) -> dict[str, dict]: ...
     def put_claim(self, deployment: str, claim: dict) -> None: ...
 
@@ -78,11 +79,22 @@ def unavailable_if_transient(what: str) -> Iterator[None]:
         raise
 
 
+# KEYS: blob, legacy blob, marks. ARGV: blob id, since. Deletes the blob unless its mark is
+# after `since`; 1 if it existed and was deleted.
+_DELETE_IF_UNPUT = """
+local mark = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if mark > tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[1], KEYS[2]) > 0 and 1 or 0
+"""
+
+
 class RedisBlobs:
     """Blobs as Redis strings `slt:blob:<sha256>`; their marks in one hash."""
 
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
         self.r, self.clock = client, clock  # clock: the time a put marks (tests move it)
+        self._delete_if = client.register_script(_DELETE_IF_UNPUT)
 
     def put(self, data: bytes) -> str:
         blob_id = sha256(data)
@@ -130,6 +142,12 @@ class RedisBlobs:
             return None
         raw = self.r.hget(REDIS_MARKS, blob_id)
         return float(raw) if raw else 0.0
+
+    def delete_if_unput_since(self, blob_id: str, since: float) -> bool:
+        """Delete the blob unless it was put after `since` (one script: a put cannot slip in
+        between the check and the delete); whether it was deleted."""
+        return bool(self._delete_if(keys=[REDIS_PREFIX + blob_id, LEGACY_MASK_PREFIX + blob_id,
+                                          REDIS_MARKS], args=[blob_id, since]))
 
     def claims(self) -> dict[str, dict]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(REDIS_CLAIMS).items()}
@@ -214,6 +232,15 @@ class S3Blobs:
         head = self._head(self.prefix + blob_id)
         return None if head is None else head["LastModified"].timestamp()
 
+    def delete_if_unput_since(self, blob_id: str, since: float) -> bool:
+        """Delete the object unless it was put after `since`. S3 has no conditional delete:
+        a put between this HEAD and the DELETE (milliseconds) is not seen."""
+        mark = self.mark(blob_id)
+        if mark is None or mark > since:
+            return False
+        self.delete(blob_id)
+        return True
+
     def claims(self) -> dict[str, dict]:
         out = {}
         pages = self.s3.get_paginator("list_objects_v2").paginate(
@@ -295,11 +322,7 @@ def delete_unshared_chunks(blobs: BlobStore, chunks: Iterable[str], named_elsewh
     n = 0
     for blob_id in set(chunks) - named_elsewhere:
         try:
-            mark = blobs.mark(blob_id)
-            if mark is None or mark > put_before:
-                continue
-            blobs.delete(blob_id)
-            n += 1
+            n += blobs.delete_if_unput_since(blob_id, put_before)
         except Exception as e:  # an orphan is collected later; never fail the caller for it
             log.warning("could not delete blob %s: %s", blob_id[:12], e)
     return n

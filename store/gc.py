@@ -160,12 +160,10 @@ def _sweep(client: redis.Redis, blobs: BlobStore, keep: set[str], present: dict[
         if out.deleted >= cap:
             out.left_for_later += 1
             continue
-        current = blobs.mark(blob_id)  # asked again just before: a put since the listing counts
-        if current is None or now - current < grace_s:
-            continue
-        blobs.delete(blob_id)
+        # asked again as it is deleted: a put since the listing keeps the blob
+        if blobs.delete_if_unput_since(blob_id, now - grace_s):
+            out.deleted += 1
         client.hdel(CANDIDATES, blob_id)
-        out.deleted += 1
     gone = [b for b in seen if b in keep or b not in present]
     if gone:
         client.hdel(CANDIDATES, *gone)
