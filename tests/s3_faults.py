@@ -62,6 +62,7 @@ class FaultyS3:
         self._moto_port = free_port()
         self._moto = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self._moto_port)
         self._moto.start()
+        self.reset()  # moto's backend is one per process: start from an empty S3
         self._proxy = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._proxy.daemon_threads = True
         threading.Thread(target=self._proxy.serve_forever, name="faulty-s3", daemon=True).start()
@@ -73,6 +74,7 @@ class FaultyS3:
             self._proxy.server_close()
             self._proxy = None
         if self._moto is not None:
+            self.reset()  # leave no buckets to the next test of this process
             self._moto.stop()
             self._moto = None
 
@@ -92,6 +94,15 @@ class FaultyS3:
     def direct_url(self) -> str:
         """moto itself (no faults): for a test's own checks."""
         return f"http://127.0.0.1:{self._moto_port}"
+
+    def reset(self) -> None:
+        """Empty moto's S3 (every bucket of this process's moto backend)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self._moto_port, timeout=30)
+        try:
+            conn.request("POST", "/moto-api/reset")
+            conn.getresponse().read()
+        finally:
+            conn.close()
 
     # ---- control --------------------------------------------------------------------------
     def fail_next(self, n: int, method: str | None = "GET", path_contains: str = "",
