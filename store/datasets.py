@@ -7,6 +7,10 @@ content-addressed chunks, with a manifest `slt:dataset:<name>` (`{"name", "sha25
 A host without the dataset fetches it once, verifies it, and unpacks it under
 `$SLT_HOME/cache/shared-datasets/<sha256>/`, so its format, keys and dataset_sha256 are those
 of the original folder.
+
+Two uploads of one archive share every chunk, so nothing here deletes chunks: a failed publish
+leaves what it put to the collector (store/gc.py), which keeps whatever a manifest names. A
+missing or corrupt chunk on fetch is a BlobError; a transient store fault StoreUnavailable.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import redis
 
-from store.blobs import BlobStore, get_chunked, put_chunked
+from store.blobs import BlobStore, get_chunked, put_chunked, unavailable_if_transient
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +68,15 @@ class SharedDatasets:
         self.r, self.blobs, self.max_bytes = client, blobs, max_bytes
 
     def publish(self, name: str, folder: Path, info: dict | None = None) -> dict:
-        """Publish an installed dataset folder; the manifest. ValueError over the size cap."""
+        """Publish an installed dataset folder; the manifest. ValueError over the size cap;
+        StoreUnavailable when the store fails transiently (what was put is the collector's)."""
         with tempfile.TemporaryDirectory(prefix=".publish-", dir=folder.parent) as tmp:
             packed = Path(tmp) / "dataset.zip"
             pack_folder(folder, packed)
             if packed.stat().st_size > self.max_bytes:
                 raise ValueError(f"dataset {name!r} is larger than the shared store's cap "
                                  f"(SLT_SHARED_DATASET_MAX_BYTES={self.max_bytes})")
-            with packed.open("rb") as f:
+            with packed.open("rb") as f, unavailable_if_transient(f"dataset {name}"):
                 manifest = put_chunked(self.blobs, f, self.max_bytes)
         manifest.update(name=name, created=time.time(), images=(info or {}).get("images"),
                         format=(info or {}).get("format"))
@@ -96,8 +101,10 @@ class SharedDatasets:
 
     def fetch(self, name: str, cache_dir: Path) -> Path | None:
         """This host's copy of shared dataset `name` (fetched, verified and unpacked the first
-        time); None if no dataset of that name was published."""
-        manifest = self.get(name)
+        time); None if no dataset of that name was published. BlobError if a chunk is missing
+        or corrupt; StoreUnavailable when the store fails transiently (retry later)."""
+        with unavailable_if_transient(f"dataset {name}"):
+            manifest = self.get(name)
         if manifest is None:
             return None
         root = cache_dir / "shared-datasets"
@@ -107,7 +114,8 @@ class SharedDatasets:
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
         try:
-            get_chunked(self.blobs, manifest, work / "dataset.zip")
+            with unavailable_if_transient(f"dataset {name}"):
+                get_chunked(self.blobs, manifest, work / "dataset.zip")
             unpack_zip(work / "dataset.zip", work / "data")
             (work / "dataset.zip").unlink()
             try:

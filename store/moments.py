@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from store.blobs import BlobStore
+from store.blobs import BlobStore, unavailable_if_transient
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,13 @@ class SharedMoments:
         self.r, self.blobs = client, blobs
 
     def pull(self, moments_dir: Path, prefix: str) -> int:
-        """Fetch the shared moment files whose names start with `prefix` that this host lacks."""
+        """Fetch the shared moment files whose names start with `prefix` that this host lacks.
+        A missing or corrupt blob is skipped (computed again here); a transient store fault
+        raises StoreUnavailable (retry later rather than compute what the store holds)."""
         n = 0
-        for raw_name, blob_id in self.r.hgetall(INDEX).items():
+        with unavailable_if_transient("feature statistics"):
+            index = self.r.hgetall(INDEX)
+        for raw_name, blob_id in index.items():
             name = raw_name.decode()
             if not name.startswith(prefix) or not _NAME.match(name) or (moments_dir / name).exists():
                 continue

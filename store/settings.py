@@ -71,6 +71,17 @@ class SharedSettings(TrainerSettings):
     # a job's failures are forgotten once it runs past the iteration of the last one, at least
     # this long after it (a crash that repeats at one place, or soon after each start, is not)
     failure_decay_s: float = Field(3600.0, ge=0)
+    # ---- blob collection (issue 22)
+    # a blob is deleted only once unreferenced and not put again for this long
+    gc_grace_s: float = Field(3600.0, gt=0)
+    # no deletions this long after claiming a non-empty store, while another claim lives, or a shrink lasts
+    gc_quarantine_s: float = Field(86400.0, ge=0)
+    # one sweep deletes at most this many blobs (0: collection off)
+    gc_max_delete: int = Field(10_000, ge=0)
+    # ... and at most this fraction of the blobs present (at least one)
+    gc_max_delete_fraction: float = Field(0.25, gt=0, le=1)
+    # a sweep refuses when the references fell by more than this fraction since the last one
+    gc_max_shrink: float = Field(0.5, ge=0, le=1)
 
     @property
     def trainer(self) -> TrainerSettings:

@@ -65,7 +65,11 @@ class Context:
     checkpoints: SharedCheckpoints
     moments: SharedMoments
     owner: str  # host:pid, written into leases and job records
-    outages: OutageLog  # store outages this process lived through (the watchdog's)
+    outages: OutageLog | None = None  # store outages this process lived through (the watchdog's)
+
+    def __post_init__(self) -> None:
+        if self.outages is None:
+            self.outages = OutageLog(self.client, min_s=self.settings.lease_s / 2)
 
     @classmethod
     def for_app(cls, app: Celery, settings: SharedSettings | None = None) -> Context:
@@ -77,8 +81,7 @@ class Context:
                    DomainRegistry(client),
                    SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
                    SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
-                   SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}",
-                   OutageLog(client, min_s=settings.lease_s / 2))
+                   SharedMoments(client, blobs), f"{socket.gethostname()}:{os.getpid()}")
 
     @property
     def device(self) -> str:
@@ -147,7 +150,7 @@ class CheckpointPublisher:
         try:
             if self.lease.lost.is_set():
                 return
-            if self.ctx.checkpoints.publish(job_id, self.path, iteration) is not None:
+            if self.ctx.checkpoints.publish(job_id, self.path, iteration, self.lease.token) is not None:
                 self.ctx.store.update(self.lease, {"checkpoint_iteration": iteration})
                 log.info("job %s: checkpoint at iteration %d published", job_id, iteration)
         except Exception as e:  # the local checkpoint still protects this host's restarts

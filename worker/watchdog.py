@@ -23,7 +23,7 @@ first, so a job is sent again once.
 About once a minute one worker of the cluster (a lock in Redis) also deletes the jobs
 finished more than SLT_JOB_RETENTION_S ago (records, previews, curves, checkpoints); about every ten
 minutes it collects blobs nothing refers to (a scan of every blob and manifest, so not each
-minute: a blob is only deleted an hour after it was first found unreferenced anyway).
+minute: a blob is only deleted SLT_GC_GRACE_S after it was first found unreferenced anyway).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import time
 import redis
 
 from store.faults import describe
-from store.gc import collect_blobs
+from store.gc import collect_blobs, gc_options, referenced_by_domains
 from store.jobs import QUEUED, RUNNING
 from worker import metrics
 from worker.queue import pending_job_ids, send_search
@@ -46,7 +46,6 @@ MAINTENANCE_S = 60.0
 MAINTENANCE_LOCK = "slt:maintenance"
 GC_S = 600.0
 GC_LOCK = "slt:maintenance:gc"
-GC_GRACE_S = 3600.0
 
 
 class Watchdog(threading.Thread):
@@ -155,18 +154,21 @@ class Watchdog(threading.Thread):
             log.error("job %s failed: past its time limit, its worker unresponsive", job["job_id"])
         return True
 
-    def maintain(self, force: bool = False) -> None:
+    def maintain(self, force: bool = False, now: float | None = None) -> None:
         """Retention (per MAINTENANCE_S) and blob collection (per GC_S), each by one worker of
-        the cluster."""
+        the cluster. The collector keeps what the catalog, the domains (history included),
+        datasets, checkpoints and feature statistics name, and refuses to delete at all when
+        the store looks lost or shared (store/gc.py). `now`: the sweep's clock (tests move it)."""
         ctx = self.ctx
         if not force and not ctx.client.set(MAINTENANCE_LOCK, ctx.owner, nx=True, px=int(MAINTENANCE_S * 1000)):
             return
-        trim_finished_jobs(ctx)
+        trim_finished_jobs(ctx, now)
         if not force and not ctx.client.set(GC_LOCK, ctx.owner, nx=True, px=int(GC_S * 1000)):
             return
-        collect_blobs(ctx.client, ctx.blobs, [ctx.catalog.referenced_blobs, ctx.datasets.referenced,
-                                              ctx.checkpoints.referenced, ctx.moments.referenced],
-                      grace_s=GC_GRACE_S)
+        collect_blobs(ctx.client, ctx.blobs,
+                      [ctx.catalog.referenced_blobs, lambda: referenced_by_domains(ctx.domains),
+                       ctx.datasets.referenced, ctx.checkpoints.referenced, ctx.moments.referenced],
+                      now=now, **gc_options(ctx.settings))
 
 
 def trim_finished_jobs(ctx: Context, now: float | None = None) -> int:

@@ -24,6 +24,7 @@ from service.uploads import (
     install_upload,
     receive_form,
 )
+from store.faults import StoreUnavailable
 from store.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,16 @@ async def upload_dataset(request: Request, state: AppState = Depends(get_state))
 
 def _publish(state: AppState, folder: Path, name: str, info: dict) -> dict:
     """Share an installed dataset with every host; on failure uninstall it, so a refused
-    upload leaves nothing behind (507 over the shared cap, 503 without Redis)."""
+    upload leaves nothing behind (507 over the shared cap, 503 without Redis or when the store
+    fails transiently)."""
     try:
         return state.datasets.publish(name, folder, info)
     except ValueError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise UploadError(507, str(e)) from None
+    except StoreUnavailable as e:  # the store's fault, not the upload's: say so, try again later
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UploadError(503, f"the shared store is unavailable ({e}); upload again later") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -156,16 +156,17 @@ def test_moments_and_checkpoints_travel_between_hosts(client, tmp_path):
     assert not (tmp_path / "b" / "ffff-vgg-x.safetensors").exists()
 
     ckpt = SharedCheckpoints(client, blobs, max_bytes=1 << 20)
+    client.set("slt:job:j1:lease", "w1/t")  # the publisher holds the job's lease
     src = tmp_path / "ck.pt"
     src.write_bytes(b"first" * 1000)
-    old = ckpt.publish("j1", src, 3)
+    old = ckpt.publish("j1", src, 3, "w1/t")
     src.write_bytes(b"second" * 1000)
-    assert ckpt.publish("j1", src, 7)["iteration"] == 7
+    assert ckpt.publish("j1", src, 7, "w1/t")["iteration"] == 7
     assert all(blobs.get(c) is None for c in old["chunks"])  # the older one is dropped
     assert ckpt.fetch("j1", tmp_path / "other" / "ck.pt") == 7
     assert (tmp_path / "other" / "ck.pt").read_bytes() == b"second" * 1000
     src.write_bytes(b"x" * (2 << 20))
-    assert ckpt.publish("j1", src, 9) is None  # over the cap: stays local
+    assert ckpt.publish("j1", src, 9, "w1/t") is None  # over the cap: stays local
     ckpt.drop("j1")
     assert ckpt.fetch("j1", tmp_path / "x.pt") is None
 
@@ -176,9 +177,11 @@ def test_unreferenced_blobs_are_collected_after_the_grace(client, tmp_path):
     kept, _ = cat.publish(mask_bytes(3))
     orphan = blobs.put(b"orphan")
     sources = [cat.referenced_blobs]
-    assert collect_blobs(client, blobs, sources, grace_s=100, now=1000.0) == 0  # first seen
-    assert collect_blobs(client, blobs, sources, grace_s=100, now=1050.0) == 0  # within grace
-    assert collect_blobs(client, blobs, sources, grace_s=100, now=1101.0) == 1
+    t = time.time() + 1000  # past the blobs' marks (their puts) by more than the grace
+    sweep = {"grace_s": 100, "quarantine_s": 0}  # a claim on a non-empty store: no quarantine here
+    assert collect_blobs(client, blobs, sources, now=t, **sweep).deleted == 0  # first seen
+    assert collect_blobs(client, blobs, sources, now=t + 50, **sweep).deleted == 0  # within grace
+    assert collect_blobs(client, blobs, sources, now=t + 101, **sweep).deleted == 1
     assert blobs.get(orphan) is None and blobs.get(kept) is not None
 
 
