@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,14 +120,12 @@ def connect(url: str, socket_timeout_s: float | None = None) -> redis.Redis:
 
 def redacted(url: str) -> str:
     """`url` with its password replaced by `***`, for logs."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)  # unix:///path?password=...
     parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if "password=" in parts.query:
-        query = urllib.parse.parse_qsl(parts.query)
-        parts = parts._replace(query="&".join(f"{k}={'***' if k == 'password' else v}" for k, v in query))
-    return urllib.parse.urlunsplit(parts)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @dataclass(frozen=True)

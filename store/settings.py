@@ -49,8 +49,8 @@ def with_password(url: str, password: str) -> str:
         query = urllib.parse.parse_qs(parts.query)
         if "password" in query:
             return url
-        extra = urllib.parse.urlencode({"password": password})
-        return urllib.parse.urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
+        # appended to the text: urlunsplit would drop the empty authority of unix:///path
+        return f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode({'password': password})}"
     user = urllib.parse.quote(parts.username or "", safe="")
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}"
