@@ -65,6 +65,7 @@ def test_the_read_token_or_the_admin_token_reads_and_only_the_admin_token_writes
     admin = {"Authorization": f"Bearer {TOKEN}"}
     reader = {"Authorization": f"Bearer {READ_TOKEN}"}
     with private.client() as c:
+        assert c.get("/masks").status_code == 401
         r = c.post("/masks/import", files={"file": ("m.safetensors", data)}, headers=reader)
         assert r.status_code == 401, r.text  # reading is not administering
         r = c.post("/masks/import", files={"file": ("m.safetensors", data)}, headers=admin)
@@ -77,8 +78,10 @@ def test_the_read_token_or_the_admin_token_reads_and_only_the_admin_token_writes
             assert f.status_code == 200 and f.content == data
 
 
-def test_reads_are_public_by_default(tmp_path, redis_url):
+def test_reads_are_public_without_the_setting_and_the_dashboard_page_always(tmp_path, redis_url, private):
+    with private.client() as c:  # the page holds no secret: it asks for the token
+        assert c.get("/masks").status_code == 401 and c.get("/admin").status_code == 200
     with LiveServer(settings_for(tmp_path / "home", redis_url)) as srv, srv.client() as c:
-        for path in ("/masks", "/domains", "/jobs", "/datasets", "/metrics", "/readyz"):
+        for path in ("/masks", "/domains", "/jobs", "/datasets", "/metrics", "/readyz", "/admin"):
             assert c.get(path).status_code == 200, path
         assert c.post("/masks/import", files={"file": ("m.safetensors", b"x")}).status_code == 401
