@@ -286,6 +286,29 @@ def check_settings_documented() -> None:
           + ("" if out.returncode == 0 else f":\n{out.stdout[-3000:]}"))
 
 
+def check_settings_reach_containers(cli: list[str]) -> None:
+    """The compose CLI itself, given an env file that sets every setting to a marker, renders
+    each one into both the api and the worker service (the pytest check reads the YAML; this is
+    what the CLI really resolves from `.env`)."""
+    py = ROOT / ".venv" / "bin" / "python"
+    if not py.exists():
+        log("   (no .venv: the settings' names are not known here; left to `make test`)")
+        return
+    code = ("import sys; sys.path.insert(0, 'tests/deploy'); from test_compose_env import every_setting; "
+            "print(' '.join(sorted(every_setting())))")
+    names = [n for n in run([str(py), "-c", code], capture=True, quiet=True).stdout.split()
+             if n not in ("SLT_HOME", "SLT_HOST", "SLT_PORT")]  # fixed for the containers
+    env_file = OUT / "every-setting.env"
+    env_file.write_text("".join(f"{n}=marker-{n.lower()}\n" for n in names))
+    out = run([*cli, "--env-file", str(env_file), "-f", "docker-compose.yml", "config"],
+              capture=True, env=clean_env(), quiet=True).stdout
+    blocks = {svc: out.split(f"\n  {svc}:\n", 1)[1].split("\n  redis:\n")[0].split("\n  worker:\n")[0]
+              for svc in ("api", "worker")}
+    missing = [f"{n} ({svc})" for svc, text in blocks.items() for n in names if f"marker-{n.lower()}" not in text]
+    check(not missing, f"the compose CLI passes all {len(names)} settings from an env file to api and worker"
+          + (f"; missing: {missing}" if missing else ""))
+
+
 def check_redis_password(stack: Stack) -> None:
     """The stack runs on the password the redis service generated, and every client has it."""
     cli = ["exec", "-T", "redis", "/opt/slt/bin/entrypoint.sh", "redis-cli"]
@@ -346,6 +369,7 @@ def main() -> int:
             run([*cli, "-f", "docker-compose.yml", "config", "-q"], env=clean_env())
             run([*cli, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", "-q"], env=clean_env())
             check_settings_documented()
+            check_settings_reach_containers(cli)
 
         with phase("wheelhouse"):
             run(["make", "--no-print-directory", "wheelhouse", f"PY={PY}"])
