@@ -89,3 +89,18 @@ def test_the_image_and_the_wheelhouse_carry_boto3():
     assert re.search(r"python3 requirements\.py >requirements\.txt", dockerfile)  # no --extras ""
     wheelhouse = (ROOT / "docker" / "build-wheelhouse.sh").read_text()
     assert 'docker/requirements.py ${EXTRAS+--extras "$EXTRAS"}' in wheelhouse
+
+
+def test_the_build_context_holds_every_package_the_image_copies():
+    """The image copies each package of pyproject.toml, and .dockerignore (a whitelist) lets
+    each into the build context: a package left out of either fails the image build."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) /opt/slt/app/\1$", dockerfile, re.M))
+    assert packages <= copied, f"the Dockerfile never copies {sorted(packages - copied)}"
+    allowed = {line.strip()[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip().startswith("!")}
+    assert copied <= allowed, f".dockerignore keeps {sorted(copied - allowed)} out of the build context"
