@@ -37,6 +37,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 RUN python3 -m venv /opt/venv
 # Only what decides the dependency set comes before the install, so editing the source never
 # invalidates this (slow) layer: the wheelhouse, pyproject.toml, and the script that reads it.
+# requirements.py lists the runtime dependencies plus the image's extras (s3: boto3, so
+# SLT_S3_BUCKET works in a container).
 COPY ${WHEELHOUSE}/ /wheels/
 COPY pyproject.toml docker/requirements.py /tmp/build/
 RUN set -eu; \
@@ -108,8 +110,11 @@ RUN set -eu; \
     fi; \
     groupadd --system --gid 10001 slt; \
     useradd --system --uid 10001 --gid slt --home-dir /data --shell /usr/sbin/nologin slt; \
-    mkdir -p /data; \
-    chown slt:slt /data
+    mkdir -p /data /secrets; \
+    chown slt:slt /data /secrets; \
+    chmod 0700 /secrets
+# /secrets: compose mounts the volume holding the Redis password there (a new volume takes this
+# folder's owner, so the redis role, uid 10001, can write the password it generates)
 VOLUME ["/data"]
 WORKDIR /data
 EXPOSE 8000

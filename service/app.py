@@ -1,18 +1,23 @@
 """The FastAPI application: state built once at startup, one router per resource."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+import redis
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors, openapi
+from service.auth import require_reader
 from service.routers import admin, datasets, domains, generate, health, jobs, masks
 from service.settings import Settings, get_settings
 from service.state import AppState
+from store import faults
+from store.connection import memory_policy
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.core = AppState(settings)
         await app.state.core.start()
+        await asyncio.to_thread(warn_about_store, app.state.core.probe)
         try:
             yield
         finally:
@@ -32,8 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Strong lottery tickets: one random generator, a mask per domain",
                   version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    for r in (generate, domains, masks, jobs, datasets, health, admin):
-        app.include_router(r.router)
+    # Probes are always open; the dashboard's page and static files hold no secret (the page asks
+    # for a token). Everything else, reads included, needs a token where SLT_READ_TOKEN is set.
+    app.include_router(health.probes)
+    app.include_router(admin.router)
+    for r in (generate, domains, masks, jobs, datasets, health):
+        app.include_router(r.router, dependencies=[Depends(require_reader)])
     openapi.install(app)  # error bodies and configured bounds as the app really has them
     errors.install(app)  # each domain and store error -> its one HTTP answer
 
@@ -57,6 +67,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
     return app
+
+
+def warn_about_store(client: redis.Redis) -> None:
+    """Log at start what /readyz reports: a Redis configuration that can lose data."""
+    try:
+        memory = memory_policy(client)
+    except redis.RedisError as e:
+        log.warning("could not read Redis's memory policy: %s", faults.describe(e))
+        return
+    for warning in memory.warnings:
+        log.warning("%s", warning)
 
 
 def app() -> FastAPI:

@@ -1,4 +1,7 @@
-"""Admin authentication: `Authorization: Bearer <SLT_ADMIN_TOKEN>`, compared in constant time."""
+"""Authentication: `Authorization: Bearer <token>`, compared in constant time.
+
+Admin routes need SLT_ADMIN_TOKEN. Reads are public unless SLT_READ_TOKEN is set (a private
+deployment): then every route but the probes needs the read token or the admin token."""
 from __future__ import annotations
 
 import hmac
@@ -7,6 +10,29 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 _bearer = HTTPBearer(auto_error=False, description="SLT_ADMIN_TOKEN")
+
+
+def _bearer_token(request: Request) -> bytes:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
+
+
+def _matches(given: bytes, *tokens: str | None) -> bool:
+    # every candidate compared, so the time does not tell which one matched
+    return bool(given) and sum(hmac.compare_digest(given, t.encode()) for t in tokens if t) > 0
+
+
+def require_reader(request: Request) -> None:
+    """With SLT_READ_TOKEN set, the read token or the admin token; without it, nothing. The
+    header is read directly, not through a security scheme, so the OpenAPI document of a public
+    deployment (the default) claims no security its reads do not have."""
+    settings = request.app.state.settings
+    if not settings.read_token:
+        return
+    if not _matches(_bearer_token(request), settings.read_token, settings.admin_token):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "this deployment is private: a read or admin token is required "
+                            "(Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_admin(request: Request,

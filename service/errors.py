@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
+from store import faults
 from trainer.masks import ForeignMaskError, MaskError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class GenerationFailed(EngineError):
     """The forward pass failed (503)."""
 
 
-# Redis unreachable, through redis-py (records) or through kombu (messages)
+# a fault of Redis, through redis-py (records) or through kombu (messages)
 BROKER_ERRORS = (redis.RedisError, OperationalError)
 
 
@@ -80,7 +81,16 @@ def _one_second(_: Exception) -> int:
     return 1
 
 
-_REDIS_DOWN = Answer(503, lambda e: "Redis is unreachable", _one_second)
+def store_fault(exc: Exception) -> str:
+    """What is wrong with the store, named (store.faults.describe): out of memory and read-only
+    are not "unreachable". kombu wraps redis-py's error: the named one is in its chain."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, redis.RedisError):
+        cause = cause.__cause__ or cause.__context__
+    return faults.describe(cause if cause is not None else exc)
+
+
+_REDIS_FAULT = Answer(503, store_fault, _one_second)
 
 # Most specific first: the first class an error is an instance of decides.
 STATUS: tuple[tuple[type[Exception], Answer], ...] = (
@@ -94,8 +104,8 @@ STATUS: tuple[tuple[type[Exception], Answer], ...] = (
     (GenerationFailed, Answer(503, retry_after=_one_second)),
     (ForeignMaskError, Answer(409, lambda e: f"mask refused: {e}")),
     (MaskError, Answer(422, lambda e: f"not a usable mask file: {e}")),
-    (redis.RedisError, _REDIS_DOWN),
-    (OperationalError, _REDIS_DOWN),
+    (redis.RedisError, _REDIS_FAULT),
+    (OperationalError, _REDIS_FAULT),
 )
 
 
@@ -120,7 +130,7 @@ def install(app: FastAPI) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, BROKER_ERRORS):  # the operator wants to know, the client gets a 503
-            log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
+            log.warning("%s %s: %s", request.method, request.url.path, store_fault(exc))
         return response_for(exc)
 
     for cls, _ in STATUS:

@@ -119,7 +119,7 @@ class Launcher:
         try:
             for c in children:
                 c.start()
-            if self._wait_ready(api):
+            if self._wait_ready(api, token):
                 self._banner(token, token_from)
             while not self.stopping.wait(1.0):
                 for c in children:
@@ -140,11 +140,14 @@ class Launcher:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host
         return f"http://{host}:{self.settings.port}"
 
-    def _wait_ready(self, api: Child) -> bool:
+    def _wait_ready(self, api: Child, token: str) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
+        # the admin token: a private deployment (SLT_READ_TOKEN) answers reads only with a token
+        request = urllib.request.Request(self._base_url() + "/jobs?limit=1",
+                                         headers={"Authorization": f"Bearer {token}"})
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
-                with urllib.request.urlopen(self._base_url() + "/jobs?limit=1", timeout=2) as r:
+                with urllib.request.urlopen(request, timeout=2) as r:
                     if r.status == 200:
                         return True
             except (urllib.error.URLError, OSError):

@@ -34,6 +34,10 @@ class Settings(SharedSettings):
     max_upload_bytes: int = 512 << 20
     max_unpacked_bytes: int = 2 << 30
     max_archive_entries: int = 200_000
+    # ---- exposure (issue 22)
+    # a private deployment: every route but /healthz and /readyz needs `Authorization: Bearer`
+    # with this token or the admin token; unset, reads (GET) are public as before
+    read_token: str | None = None
 
     @field_validator("default_preset")
     @classmethod

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -103,11 +106,58 @@ class EmbeddedRedis:
 CONNECT_TIMEOUT_S = 5.0
 
 
-def connect(url: str, socket_timeout_s: float = 30.0) -> redis.Redis:
+def connect(url: str, socket_timeout_s: float | None = None) -> redis.Redis:
     """A client that decodes nothing (blobs are bytes); callers decode strings. Connect and
-    socket timeouts: a Redis that hangs makes a call fail, never wait forever."""
+    socket timeouts: a Redis that hangs makes a call fail, never wait forever. Without
+    `socket_timeout_s`, SLT_REDIS_SOCKET_TIMEOUT_S: one timeout for every client."""
+    if socket_timeout_s is None:
+        from store.settings import get_settings
+
+        socket_timeout_s = get_settings().redis_socket_timeout_s
     return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                 socket_timeout=socket_timeout_s, health_check_interval=30)
+
+
+def redacted(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)  # unix:///path?password=...
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """How a Redis bounds its memory (INFO memory): `maxmemory` bytes (0: unbounded) and the
+    policy at that bound. The store keeps jobs, the catalog and blobs that nothing can rebuild,
+    so the only safe setting is a bound with `noeviction` (a write fails, nothing vanishes)."""
+
+    maxmemory: int
+    policy: str
+
+    @property
+    def warnings(self) -> list[str]:
+        found = []
+        if self.maxmemory == 0:
+            found.append("Redis has no maxmemory: it grows until the host runs out of memory; set "
+                         "maxmemory (with maxmemory-policy noeviction) and keep large blobs in S3 "
+                         "(SLT_S3_BUCKET)")
+        if self.policy != "noeviction":
+            found.append(f"Redis maxmemory-policy is {self.policy}: at its bound it deletes keys "
+                         "(job records, the catalog, mask blobs); set noeviction")
+        return found
+
+
+def memory_policy(client: redis.Redis) -> MemoryPolicy:
+    """The memory bound and policy of the Redis behind `client` (INFO, which managed Redis
+    services allow where CONFIG GET is refused). Raises redis.RedisError as any call does."""
+    info = client.info("memory")
+    policy = info.get("maxmemory_policy", "noeviction")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    return MemoryPolicy(int(info.get("maxmemory", 0)), str(policy))
 
 
 def running_embedded(root: Path) -> str | None:

@@ -8,10 +8,11 @@ SLT_REDIS_URL, SLT_BASE, SLT_LEASE_S, ... mean the same in every process.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trainer.settings import TrainerSettings, parse_base  # noqa: F401 (one SLT_BASE parser for all)
 
@@ -26,6 +27,34 @@ def check_dataset_name(name: str) -> str:
         raise ValueError(f"dataset name {name!r}: up to {DATASET_NAME_MAX} of A-Z a-z 0-9 _ - and "
                          "single dots between them; a name from GET /datasets, never a path")
     return name
+
+
+def read_password(path: Path) -> str:
+    """The first line of a password file (SLT_REDIS_PASSWORD_FILE), which must not be empty."""
+    try:
+        password = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"SLT_REDIS_PASSWORD_FILE={path}: cannot be read ({e.strerror})") from e
+    if not password:
+        raise ValueError(f"SLT_REDIS_PASSWORD_FILE={path} is empty")
+    return password
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` authenticating with `password`, unless it already names a password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        return url
+    if parts.scheme == "unix":  # redis-py takes a socket's password as a query parameter
+        query = urllib.parse.parse_qs(parts.query)
+        if "password" in query:
+            return url
+        # appended to the text: urlunsplit would drop the empty authority of unix:///path
+        return f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode({'password': password})}"
+    user = urllib.parse.quote(parts.username or "", safe="")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class SharedSettings(TrainerSettings):
@@ -82,6 +111,21 @@ class SharedSettings(TrainerSettings):
     gc_max_delete_fraction: float = Field(0.25, gt=0, le=1)
     # a sweep refuses when the references fell by more than this fraction since the last one
     gc_max_shrink: float = Field(0.5, ge=0, le=1)
+    # ---- exposure and deployment (issue 22)
+    # a file holding the Redis password (compose generates one at first start); it is put into
+    # SLT_REDIS_URL when that URL carries none, so every client of the URL authenticates
+    redis_password_file: Path | None = None
+    # address a worker's metrics listen on: loopback unless a scraper elsewhere must reach it
+    worker_metrics_host: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _redis_password(self) -> SharedSettings:
+        if self.redis_url and self.redis_password_file:
+            # settings are frozen once built; this is part of building them
+            object.__setattr__(self, "redis_url",
+                               with_password(self.redis_url, read_password(self.redis_password_file)))
+        return self
+
 
     @property
     def trainer(self) -> TrainerSettings:

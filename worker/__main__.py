@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         url, embedded = local_redis(settings.redis_dir)
     from worker.app import app, celery_config
 
-    app.conf.update(celery_config(url))
+    app.conf.update(celery_config(url, settings.redis_socket_timeout_s))
     try:
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={settings.log_level.upper()}",
                          "--without-gossip", "--without-mingle",

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from celery import Celery
 
+from store.connection import CONNECT_TIMEOUT_S
 from store.settings import SharedSettings, get_settings
 
 QUEUE = "slt"
@@ -48,12 +49,15 @@ def redis_url(settings: SharedSettings) -> str:
     return url
 
 
-def celery_config(url: str) -> dict:
+def celery_config(url: str, socket_timeout_s: float) -> dict:
+    """Celery's settings on broker `url`; `socket_timeout_s` (SLT_REDIS_SOCKET_TIMEOUT_S) bounds
+    every call of its Redis clients, as it does for the store's own clients."""
     return dict(
         broker_url=url,
         result_backend=url,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S,
-                                  "socket_timeout": 30, "socket_connect_timeout": 5},
+                                  "socket_timeout": socket_timeout_s,
+                                  "socket_connect_timeout": CONNECT_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
         # one task per process: PyTorch and CUDA never meet a fork (`celery -A worker.app worker`
@@ -76,15 +80,19 @@ def celery_config(url: str) -> dict:
         worker_send_task_events=True,
         task_send_sent_event=True,
         # every Redis connection of Celery times out instead of hanging
-        redis_socket_timeout=30,
-        redis_socket_connect_timeout=5,
+        redis_socket_timeout=socket_timeout_s,
+        redis_socket_connect_timeout=CONNECT_TIMEOUT_S,
     )
 
 
 def make_app(url: str | None = None, include: tuple[str, ...] = ()) -> Celery:
     """A Celery app on `url`; without one, the URL is resolved from settings when first used."""
     app = Celery("slt", include=list(include), set_as_current=url is None)
-    app.add_defaults(lambda: celery_config(url or redis_url(get_settings())))
+    def defaults() -> dict:
+        settings = get_settings()
+        return celery_config(url or redis_url(settings), settings.redis_socket_timeout_s)
+
+    app.add_defaults(defaults)
     return app
 
 

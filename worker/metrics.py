@@ -1,4 +1,4 @@
-"""A worker's own Prometheus metrics (SLT_WORKER_METRICS_PORT): search speed, jobs ended,
+"""A worker's own Prometheus metrics (SLT_WORKER_METRICS_PORT on SLT_WORKER_METRICS_HOST): search speed, jobs ended,
 take-overs. Process-wide, like the worker's one search at a time."""
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ REQUEUES = Counter("slt_worker_requeues",
                    ["reason"])
 
 
-def serve(port: int) -> None:
-    """Expose the metrics on `port` (0: not at all)."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the metrics on `host`:`port` (port 0: not at all). Loopback by default: they name
+    jobs and hosts, so a wider address is the operator's choice (SLT_WORKER_METRICS_HOST)."""
     if port:
-        start_http_server(port)
-        log.info("worker metrics on :%d/metrics", port)
+        start_http_server(port, addr=host)
+        log.info("worker metrics on %s:%d/metrics", host, port)

@@ -46,15 +46,16 @@ _watchdog = None
 @signals.worker_ready.connect
 def _on_ready(**_) -> None:
     global _watchdog
+    from store.connection import redacted
     from worker.demo import queue_demo_jobs, seed_shipped_masks
     from worker.metrics import serve
     from worker.watchdog import Watchdog
 
     ctx = context()
-    log.info("worker %s ready on %s (device %s)", ctx.owner, app.conf.broker_url, ctx.device)
+    log.info("worker %s ready on %s (device %s)", ctx.owner, redacted(app.conf.broker_url), ctx.device)
     if ctx.store.ensure_indexes():
         log.info("job status indexes built for the jobs recorded before them")
-    serve(ctx.settings.worker_metrics_port)
+    serve(ctx.settings.worker_metrics_port, ctx.settings.worker_metrics_host)
     if ctx.settings.demo:
         seed_shipped_masks(ctx)
         queue_demo_jobs(ctx)

@@ -11,7 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from service.openapi import errors
+from store.connection import MemoryPolicy, memory_policy
 
+# Probes stay open for load balancers and orchestrators even in a private deployment
+# (SLT_READ_TOKEN); /metrics is on `router`, behind the token there.
+probes = APIRouter(tags=["health"])
 router = APIRouter(tags=["health"])
 
 READYZ = """Whether a load balancer should send this replica traffic.
@@ -25,6 +29,11 @@ READYZ = """Whether a load balancer should send this replica traffic.
   domains, promotions elsewhere, jobs and admin routes wait for Redis. A Redis blip does not
   take every replica out at once.
 - **200** `"status": "ready"`, `"redis": true`: everything works.
+
+`redis_maxmemory` and `redis_maxmemory_policy` say how Redis bounds its memory; `warnings`
+names a configuration that can lose data (no `maxmemory`, or an evicting policy: anything but
+`noeviction` deletes job records, catalog entries and mask blobs at the bound). A warning does
+not make the replica unready: it is for the operator.
 
 Every 503 carries `Retry-After`."""
 
@@ -47,27 +56,38 @@ class Readiness(BaseModel):
     resident_masks: int
     resident_bytes: int
     queue_images: int
+    redis_maxmemory: int | None = Field(None, description="Redis maxmemory in bytes (0: unbounded); "
+                                                          "null: not known just now")
+    redis_maxmemory_policy: str | None = Field(None, description="Redis maxmemory-policy")
+    warnings: list[str] = Field(default_factory=list,
+                                description="configurations of the store that can lose data")
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+@probes.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-def _ping(client: redis.Redis) -> bool:
+def _ping(client: redis.Redis) -> tuple[bool, MemoryPolicy | None]:
+    """(Redis answers, its memory policy): one round trip more than a PING, on the probe client."""
     try:
-        return bool(client.ping())
+        if not client.ping():
+            return False, None
     except redis.RedisError:
-        return False
+        return False, None
+    try:
+        return True, memory_policy(client)
+    except redis.RedisError:  # INFO refused (an ACL): answering is what readiness needs
+        return True, None
 
 
-@router.get("/readyz", response_model=Readiness, responses=errors(503), description=READYZ,
+@probes.get("/readyz", response_model=Readiness, responses=errors(503), description=READYZ,
             summary="Readiness: ready, degraded (Redis down, known domains served) or 503")
 async def readyz(request: Request):
     core = getattr(request.app.state, "core", None)
     engine = getattr(core, "engine", None)
     reason = None
-    redis_ok = False
+    redis_ok, memory = False, None
     if engine is None or not engine.base_ready:
         reason = "the base generator is not built yet"
     elif engine.stopping:
@@ -75,14 +95,17 @@ async def readyz(request: Request):
     elif not engine.generated_ok:
         reason = "no generation has succeeded yet"
     else:
-        redis_ok = await asyncio.to_thread(_ping, core.probe)
+        redis_ok, memory = await asyncio.to_thread(_ping, core.probe)
         if not redis_ok and engine.mirror.known() == 0:
             reason = "Redis is unreachable and this replica knows no domain"
     if reason:
         return JSONResponse({"detail": f"not ready: {reason}"}, status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "1"})
     stats = engine.stats()
-    return Readiness(ready=True, status="ready" if redis_ok else "degraded", redis=redis_ok, **stats)
+    store = ({"redis_maxmemory": memory.maxmemory, "redis_maxmemory_policy": memory.policy,
+              "warnings": memory.warnings} if memory else {})
+    return Readiness(ready=True, status="ready" if redis_ok else "degraded", redis=redis_ok,
+                     **store, **stats)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -79,7 +79,8 @@ class ApiError extends Error {
 
 async function api(method, path, { body, admin = false, form = null } = {}) {
   const headers = {};
-  if (admin) headers.Authorization = `Bearer ${state.token}`;
+  // the token goes with reads too: a private deployment (SLT_READ_TOKEN) accepts the admin token
+  if (admin || state.token) headers.Authorization = `Bearer ${state.token}`;
   let payload;
   if (form) payload = form;
   else if (body !== undefined) {
@@ -91,7 +92,7 @@ async function api(method, path, { body, admin = false, form = null } = {}) {
   const data = ct.includes("application/json") ? await r.json() : null;
   if (!r.ok) {
     const detail = (data && data.detail) || r.statusText;
-    if (admin && (r.status === 401 || r.status === 403)) askToken(`Refused: ${detail}`);
+    if ((admin && r.status === 403) || r.status === 401) askToken(`Refused: ${detail}`);
     throw new ApiError(r.status, detail);
   }
   return data;

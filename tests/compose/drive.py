@@ -14,7 +14,9 @@ Phases, each timed:
   base-image   python:3.11-slim if present or pullable, else debootstrap bookworm + docker import
   build        the image, with the build container on `network: none` (proves the wheelhouse
                path needs no index)
-  up           fresh volumes, `up -d`, /readyz on 127.0.0.1
+  up           fresh volumes, `up -d`, /readyz on 127.0.0.1; Redis has the password its service
+               generated (a bare PING is refused, every container's client authenticates: the
+               API, the worker, both health checks, the documented backup command)
   demo         SLT_DEMO=1 installed the demo datasets, serves both demo domains at once from
                the shipped masks (default base) and queued their searches; these are cancelled
                (DELETE /jobs) to keep the test short, or with --full-demo run to the end
@@ -272,20 +274,57 @@ def trim_demo_data(n: int) -> Path:
 
 
 def check_settings_documented() -> None:
-    """Every SLT_* setting the code reads reaches the containers and is documented."""
+    """Every SLT_* setting the code reads reaches the containers and is documented: the test
+    that checks the compose files against the settings' fields (tests/deploy/test_compose_env.py)."""
     py = ROOT / ".venv" / "bin" / "python"
     if not py.exists():
-        log("   (no .venv: settings cross-check skipped)")
+        log("   (no .venv: settings cross-check left to `make test`)")
         return
-    code = "from service.settings import Settings; print(' '.join(sorted(Settings.model_fields)))"
-    names = run([str(py), "-c", code], capture=True, quiet=True).stdout.split()
-    names = [f"SLT_{n.upper()}" for n in names if n != "workers"]  # SLT_WORKERS: make run only
-    names += ["SLT_VGG19_WEIGHTS", "SLT_INCEPTION_WEIGHTS"]  # trainer/settings.py
-    compose = (ROOT / "docker-compose.yml").read_text()
-    docs = (ROOT / "docs" / "OPERATIONS.md").read_text()
-    missing = [n for n in names if n not in compose] + [f"{n} (docs)" for n in names if n not in docs]
-    check(not missing, f"all {len(names)} SLT_* settings passed by docker-compose.yml and documented"
+    out = run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/deploy/test_compose_env.py"],
+              capture=True, check_rc=False, quiet=True)
+    check(out.returncode == 0, "every setting passed by docker-compose.yml and documented"
+          + ("" if out.returncode == 0 else f":\n{out.stdout[-3000:]}"))
+
+
+def check_settings_reach_containers(cli: list[str]) -> None:
+    """The compose CLI itself, given an env file that sets every setting to a marker, renders
+    each one into both the api and the worker service (the pytest check reads the YAML; this is
+    what the CLI really resolves from `.env`)."""
+    py = ROOT / ".venv" / "bin" / "python"
+    if not py.exists():
+        log("   (no .venv: the settings' names are not known here; left to `make test`)")
+        return
+    code = ("import sys; sys.path.insert(0, 'tests/deploy'); from test_compose_env import every_setting; "
+            "print(' '.join(sorted(every_setting())))")
+    names = [n for n in run([str(py), "-c", code], capture=True, quiet=True).stdout.split()
+             if n not in ("SLT_HOME", "SLT_HOST", "SLT_PORT")]  # fixed for the containers
+    env_file = OUT / "every-setting.env"
+    env_file.write_text("".join(f"{n}=marker-{n.lower()}\n" for n in names))
+    out = run([*cli, "--env-file", str(env_file), "-f", "docker-compose.yml", "config"],
+              capture=True, env=clean_env(), quiet=True).stdout
+    blocks = {svc: out.split(f"\n  {svc}:\n", 1)[1].split("\n  redis:\n")[0].split("\n  worker:\n")[0]
+              for svc in ("api", "worker")}
+    missing = [f"{n} ({svc})" for svc, text in blocks.items() for n in names if f"marker-{n.lower()}" not in text]
+    check(not missing, f"the compose CLI passes all {len(names)} settings from an env file to api and worker"
           + (f"; missing: {missing}" if missing else ""))
+
+
+def check_redis_password(stack: Stack) -> None:
+    """The stack runs on the password the redis service generated, and every client has it."""
+    cli = ["exec", "-T", "redis", "/opt/slt/bin/entrypoint.sh", "redis-cli"]
+    st = stack("exec", "-T", "redis", "sh", "-c", "test -s /secrets/redis-password && stat -c %a /secrets/redis-password",
+               capture=True, check_rc=False, quiet=True)
+    check(st.returncode == 0 and st.stdout.strip() == "600", f"redis generated its password (mode {st.stdout.strip()})")
+    bare = stack("exec", "-T", "-e", "SLT_REDIS_PASSWORD_FILE=", "redis", "/opt/slt/bin/entrypoint.sh", "redis-cli",
+                 "PING", capture=True, check_rc=False, quiet=True)
+    check("NOAUTH" in bare.stdout, f"a PING without the password is refused ({bare.stdout.strip()})")
+    pong = stack(*cli, "PING", capture=True, check_rc=False, quiet=True)
+    check(pong.stdout.strip() == "PONG", f"redis-cli with the password: {pong.stdout.strip()}")
+    for svc in ("api", "worker"):
+        hc = stack("exec", "-T", svc, "python", "/opt/slt/bin/healthcheck.py", capture=True, check_rc=False, quiet=True)
+        check(hc.returncode == 0, f"{svc} health check: {hc.stdout.strip()}")
+    backup = stack(*cli, "BGREWRITEAOF", capture=True, check_rc=False, quiet=True)
+    check("started" in backup.stdout.lower(), f"the documented backup command: {backup.stdout.strip()}")
 
 
 def crash(cid: str) -> None:
@@ -330,6 +369,7 @@ def main() -> int:
             run([*cli, "-f", "docker-compose.yml", "config", "-q"], env=clean_env())
             run([*cli, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", "-q"], env=clean_env())
             check_settings_documented()
+            check_settings_reach_containers(cli)
 
         with phase("wheelhouse"):
             run(["make", "--no-print-directory", "wheelhouse", f"PY={PY}"])
@@ -393,6 +433,10 @@ def main() -> int:
             ready = api.wait_ready(600)
             log(f"   ready: base {ready['base_sha256'][:12]} on {ready['device']}")
             check(inspect(stack.container("redis"), "{{.State.Health.Status}}") == "healthy", "redis healthy")
+            check(ready.get("redis") is True, "the API reaches Redis with the generated password")
+            for warning in ready.get("warnings", []):
+                log(f"   /readyz warns: {warning}")
+            check_redis_password(stack)
             check(inspect(stack.container("worker"), "{{.HostConfig.RestartPolicy.Name}}") == "unless-stopped",
                   "worker restart policy unless-stopped")
 

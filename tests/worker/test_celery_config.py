@@ -17,7 +17,7 @@ def test_worker_app_is_configured_for_long_tasks():
     assert conf.worker_pool == "solo" and conf.worker_concurrency == 1
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
     vt = conf.broker_transport_options["visibility_timeout"]
-    assert vt == VISIBILITY_TIMEOUT_S == celery_config(URL)["broker_transport_options"]["visibility_timeout"]
+    assert vt == VISIBILITY_TIMEOUT_S == celery_config(URL, 30.0)["broker_transport_options"]["visibility_timeout"]
     # hours, so Redis itself rarely redelivers, and far past a lease, so a dead worker's job is
     # recovered by the watchdog (after SLT_LEASE_S) long before Redis would hand it out again
     lease_s = SharedSettings.model_fields["lease_s"].default
