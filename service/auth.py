@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import Forbidden, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="SLT_ADMIN_TOKEN")
 
@@ -30,16 +32,14 @@ def require_reader(request: Request) -> None:
     if not settings.read_token:
         return
     if not _matches(_bearer_token(request), settings.read_token, settings.admin_token):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                            "this deployment is private: a read or admin token is required "
-                            "(Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("this deployment is private: a read or admin token is required "
+                           "(Authorization: Bearer <token>)")
 
 
 def require_admin(request: Request,
                   creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     token = request.app.state.settings.admin_token
     if not token:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin routes are disabled: SLT_ADMIN_TOKEN is not set")
+        raise Forbidden("admin routes are disabled: SLT_ADMIN_TOKEN is not set")
     if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin token required (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("admin token required (Authorization: Bearer <token>)")

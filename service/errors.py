@@ -1,6 +1,8 @@
-"""The service's domain errors and the one table that maps each (and what the store raises) to
-its HTTP answer, installed as app-level exception handlers: `{"detail": ...}` as JSON, with
-`Retry-After` on 429 and 503. Routes raise; they do not translate."""
+"""The service's domain errors and the one table that maps each (and what the store and the
+upload parser raise) to its HTTP answer, installed as app-level exception handlers:
+`{"detail": ...}` as JSON, with `Retry-After` on 429 and 503 and `WWW-Authenticate` on 401.
+Routes and dependencies raise these; none raises an HTTPException or translates an error
+itself (FastAPI's own 404/405/422 of routing and validation are answered in service/app.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
+from service.uploads import UploadError
 from store import faults
+from store.faults import StoreUnavailable
 from trainer.masks import ForeignMaskError, MaskError
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,26 @@ class UnknownDomain(EngineError, LookupError):
     def __init__(self, name: str, hint: str = ""):
         super().__init__(f"unknown domain {name!r}" + (f"; {hint}" if hint else ""))
         self.name = name
+
+
+class NotFound(EngineError, LookupError):
+    """A job, dataset, preview or file that does not exist (404)."""
+
+
+class Conflict(EngineError):
+    """The request does not fit the resource's state, e.g. cancelling a finished job (409)."""
+
+
+class InvalidRequest(EngineError):
+    """Parameters that pass one by one but not together, or a bound of this deployment (422)."""
+
+
+class Unauthorized(EngineError):
+    """No token, or a wrong one (401, with `WWW-Authenticate: Bearer`)."""
+
+
+class Forbidden(EngineError):
+    """Admin routes while SLT_ADMIN_TOKEN is not set (403)."""
 
 
 class UnknownMask(EngineError, LookupError):
@@ -72,9 +96,10 @@ BROKER_ERRORS = (redis.RedisError, OperationalError)
 
 @dataclass(frozen=True)
 class Answer:
-    status: int
+    status: int | Callable[[Exception], int]  # a number, or read off the error
     detail: Callable[[Exception], str] = str  # the body's `detail`
     retry_after: Callable[[Exception], int] | None = None
+    headers: dict[str, str] | None = None
 
 
 def _one_second(_: Exception) -> int:
@@ -94,8 +119,14 @@ _REDIS_FAULT = Answer(503, store_fault, _one_second)
 
 # Most specific first: the first class an error is an instance of decides.
 STATUS: tuple[tuple[type[Exception], Answer], ...] = (
+    (Unauthorized, Answer(401, headers={"WWW-Authenticate": "Bearer"})),
+    (Forbidden, Answer(403)),
     (UnknownDomain, Answer(404)),
     (UnknownMask, Answer(404)),
+    (NotFound, Answer(404)),
+    (Conflict, Answer(409)),
+    (InvalidRequest, Answer(422)),
+    (UploadError, Answer(lambda e: e.status_code)),  # type: ignore[attr-defined]
     (ForeignBase, Answer(409)),
     (InUse, Answer(409)),
     (Saturated, Answer(429, retry_after=lambda e: e.retry_after)),  # type: ignore[attr-defined]
@@ -106,6 +137,7 @@ STATUS: tuple[tuple[type[Exception], Answer], ...] = (
     (MaskError, Answer(422, lambda e: f"not a usable mask file: {e}")),
     (redis.RedisError, _REDIS_FAULT),
     (OperationalError, _REDIS_FAULT),
+    (StoreUnavailable, Answer(503, faults.describe, _one_second)),  # the object store, after retries
 )
 
 
@@ -121,15 +153,18 @@ def response_for(exc: Exception) -> JSONResponse:
     answer = answer_for(exc)
     if answer is None:
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
-    headers = {"Retry-After": str(answer.retry_after(exc))} if answer.retry_after else None
-    return JSONResponse({"detail": answer.detail(exc)}, status_code=answer.status, headers=headers)
+    headers = dict(answer.headers or {})
+    if answer.retry_after:
+        headers["Retry-After"] = str(answer.retry_after(exc))
+    status = answer.status(exc) if callable(answer.status) else answer.status
+    return JSONResponse({"detail": answer.detail(exc)}, status_code=status, headers=headers or None)
 
 
 def install(app: FastAPI) -> None:
     """One exception handler per mapped class; each answers as `STATUS` says."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, BROKER_ERRORS):  # the operator wants to know, the client gets a 503
+        if isinstance(exc, (*BROKER_ERRORS, StoreUnavailable)):  # the operator wants to know, the client gets a 503
             log.warning("%s %s: %s", request.method, request.url.path, store_fault(exc))
         return response_for(exc)
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +30,8 @@ from typing import BinaryIO, Protocol
 import redis
 
 from store.faults import StoreUnavailable, describe, transient
+from trainer.atomic_write import atomic_open
+from trainer.digest import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class BlobStore(Protocol):
     def put_claim(self, deployment: str, claim: dict) -> None: ...
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+sha256 = sha256_bytes  # a blob's id
 
 
 @contextmanager
@@ -292,24 +291,17 @@ def put_chunked(blobs: BlobStore, src: BinaryIO, max_bytes: int | None = None,
 def get_chunked(blobs: BlobStore, manifest: dict, dest: Path) -> Path:
     """Write a chunked file to `dest` atomically, each chunk and the whole verified;
     BlobError if a chunk is missing or anything does not hash to its id."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
     whole = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for blob_id in manifest["chunks"]:
-                block = blobs.get(blob_id)
-                if block is None:
-                    raise BlobError(f"chunk {blob_id[:12]} of {manifest['sha256'][:12]} is missing "
-                                    "from the shared store")
-                whole.update(block)
-                f.write(block)
+    with atomic_open(dest) as f:  # an error anywhere leaves nothing at dest
+        for blob_id in manifest["chunks"]:
+            block = blobs.get(blob_id)
+            if block is None:
+                raise BlobError(f"chunk {blob_id[:12]} of {manifest['sha256'][:12]} is missing "
+                                "from the shared store")
+            whole.update(block)
+            f.write(block)
         if whole.hexdigest() != manifest["sha256"]:
             raise BlobError(f"file {manifest['sha256'][:12]} does not hash to its id")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -9,7 +9,6 @@ a host without the file fetches the blob, checks its sha256 and keeps it under i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,6 +17,7 @@ import redis
 
 from store.blobs import BlobStore
 from store.domains import CHANNEL
+from trainer.digest import sha256_bytes
 from trainer.masks import MASK_ID, MaskCatalog, MaskError, MaskFile, check_base, decode_mask
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class SharedCatalog:
         catalog: blob, index entry, this host's file. Returns (mask_id, already indexed).
         Idempotent; the blob is written before the index names it. `mask`: these bytes already
         decoded by the caller (decoding a width-1 file costs ~70 ms), not decoded again."""
-        if mask is None or mask.mask_id != hashlib.sha256(data).hexdigest():
+        if mask is None or mask.mask_id != sha256_bytes(data):
             mask = decode_untrusted(data)
         if base_sha is not None:
             check_base(mask, base_sha)

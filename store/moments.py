@@ -8,14 +8,13 @@ blob. A fetched file is verified by its sha256 before it enters the local cache.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import redis
 
 from store.blobs import BlobStore, unavailable_if_transient
+from trainer.atomic_write import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,7 @@ class SharedMoments:
             data = self.blobs.get(blob_id.decode())
             if data is None:
                 continue
-            moments_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=moments_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, moments_dir / name)
+            write_atomic(moments_dir / name, data)
             n += 1
         if n:
             log.info("%d feature-statistics files fetched from the shared store", n)

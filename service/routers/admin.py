@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path as FsPath
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
+
+from service.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
 
@@ -32,5 +34,5 @@ async def dashboard(request: Request) -> HTMLResponse:
 async def static(name: str = Path(..., pattern=r"^[a-z0-9_-]+\.(js|css|svg)$")) -> FileResponse:
     path = _STATIC / name  # the pattern allows no separator, so no way out of the folder
     if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")
+        raise NotFound(f"no static file {name!r}")
     return FileResponse(path, media_type=_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -101,8 +101,6 @@ async def upload_dataset(request: Request, state: AppState = Depends(get_state))
         limits = Limits(s.max_upload_bytes, s.max_unpacked_bytes, s.max_archive_entries)
         info = await run_in_threadpool(install_upload, work / "upload", work, datasets_dir, name, limits)
         manifest = await run_in_threadpool(_publish, state, datasets_dir / name, name, info)
-    except UploadError as e:
-        raise HTTPException(e.status_code, e.detail) from None
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
     try:

@@ -9,12 +9,13 @@ import time
 from enum import StrEnum
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel
 
 from service.deps import get_engine
 from service.engine import Engine, Generation
+from service.errors import InvalidRequest
 from service.openapi import errors
 from store.domains import DOMAIN_NAME
 from trainer.ticket import grid
@@ -110,7 +111,7 @@ async def generate(
     a domain this replica does not know yet, or the generator not running."""
     max_n = request.app.state.settings.max_n
     if n > max_n:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"n: at most {max_n} images per request")
+        raise InvalidRequest(f"n: at most {max_n} images per request")
     if seed is None:
         seed = secrets.randbelow(DRAWN_SEEDS)
     t0 = time.perf_counter()

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator
 
 from service.auth import require_admin
 from service.deps import get_state
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs import JobQueue
 from service.openapi import ADMIN, errors
 from service.state import AppState
@@ -120,13 +121,12 @@ def submit(body: MaskJobRequest, response: Response, state: AppState = Depends(g
     jobs = state.jobs
     # this host's datasets, or one uploaded through another replica (a worker fetches it)
     if not jobs.settings.dataset_path(body.dataset).exists() and state.datasets.get(body.dataset) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {body.dataset!r} not found; "
-                                                       "GET /datasets lists them")
+        raise NotFound(f"dataset {body.dataset!r} not found; GET /datasets lists them")
     try:
         job = jobs.submit(domain=body.domain, dataset=body.dataset, preset=body.preset,
                           overrides=body.config.model_dump(exclude_none=True), promote=body.promote)
     except ValueError as e:  # settings that pass one by one but not together (route-specific)
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+        raise InvalidRequest(str(e)) from None
     response.headers["Location"] = f"/jobs/{job['job_id']}"
     return JobAccepted(job_id=job["job_id"], status="queued")
 
@@ -144,7 +144,7 @@ def list_jobs(status_: Literal[STATUSES] | None = Query(None, alias="status"),  
 def get_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
     job = jobs.store.get(job_id)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return _view(job, jobs.store.losses(job_id))
 
 
@@ -153,7 +153,7 @@ def get_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
 def get_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Response:
     png = jobs.store.preview(job_id)
     if png is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no preview for job {job_id} (yet)")
+        raise NotFound(f"no preview for job {job_id} (yet)")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -164,8 +164,8 @@ def get_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Resp
 def cancel_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
     outcome = jobs.cancel(job_id)
     if outcome == "missing":
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     job = jobs.store.get(job_id)
     if outcome == "finished":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job['status']}")
+        raise Conflict(f"job {job_id} already {job['status']}")
     return _view(job)

