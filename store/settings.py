@@ -69,6 +69,10 @@ class SharedSettings(BaseSettings):
     s3_endpoint_url: str | None = None
     # a worker serves its Prometheus metrics on this port (0: off; one port per worker process)
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # ---- deletions, store loss, local caches (issue 22)
+    # the most a host's $SLT_HOME/masks may take; least recently used files the shared store holds
+    # are evicted (never one only this host has; masks its domains serve or pin last); 0: unbounded
+    mask_disk_bytes: int = Field(8 << 30, ge=0)
 
     @field_validator("home")
     @classmethod
