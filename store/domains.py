@@ -192,6 +192,13 @@ class DomainRegistry:
                 history.append(d["name"])
         return {"active": active, "history": history}
 
+    def referenced(self) -> set[str]:
+        """Every mask a domain serves or may roll back to (a blob collection keeps them)."""
+        out = set()
+        for d in self.all():
+            out.update(m for m in [d.get("mask_id"), *(h.get("mask_id") for h in d.get("history", []))] if m)
+        return out
+
     def forget_mask(self, mask_id: str) -> list[dict]:
         """Drop `mask_id` from every domain (before a forced delete): out of each history; a
         domain serving it rolls back to its newest other entry, or is deleted if it has none.
