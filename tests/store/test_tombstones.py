@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,62 @@ def test_the_masks_folder_evicts_shared_files_lru_and_keeps_local_only_and_serve
     assert a.bytes(p3) == datas[3]  # over by two: the unserved p2 first, then the served p1
     assert set(a.local.ids()) == {only_here, p6, p7, p3}
     assert sum(s for _, s, _ in a.local.usage()) <= 4 * size
+
+
+# ---- the domain listener of an API replica ---------------------------------------------------
+
+def test_the_domain_listener_uses_the_one_redis_socket_timeout(server, client, tmp_path):
+    from service.domain_mirror import DomainMirror
+    from service.engine import Engine
+    from service.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", redis_url=server.url, base="width=0.0625",
+                        redis_socket_timeout_s=1.5)
+    engine = Engine(settings, host(client, tmp_path / "a"), DomainRegistry(client), server.url)
+    assert engine.mirror.socket_timeout_s == 1.5
+    mirror = DomainMirror(DomainRegistry(client), server.url, socket_timeout_s=1.5)
+    mirror.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not mirror.listening:
+            assert time.monotonic() < deadline, "the listener never subscribed"
+            time.sleep(0.05)
+        kwargs = mirror.listener_client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 1.5
+    finally:
+        mirror.stop()
+
+
+def test_a_replica_notices_a_store_loss_and_writes_back_what_it_holds(client):
+    from service.domain_mirror import DomainMirror
+
+    reg = DomainRegistry(client)
+    mirror = DomainMirror(reg)
+    reg.floor = mirror.highest_version
+    for name, m in (("x", "a"), ("y", "b"), ("x", "c")):
+        mirror.apply(reg.promote(name, m * 64))
+    mirror.apply(reg.delete("y"))
+    mirror.refresh()  # the marker is seen
+    top = mirror.highest_version()
+    x = reg.get("x")
+
+    client.flushall()
+    mirror.refresh()  # a re-read of a lost store: nothing held is taken for deleted
+    assert mirror.active("x") == "c" * 64
+    assert reg.get("x") == x and reg.version() >= top and reg.get("y") is None
+    assert reg.promote("x", "d" * 64)["version"] > top
+
+    client.set("slt:domains:version", 1)  # an older snapshot: marker kept, versions behind
+    assert mirror.check_store() and reg.version() >= top
+
+
+def test_a_deletion_a_replica_missed_is_still_a_deletion_when_the_store_is_intact(client):
+    from service.domain_mirror import DomainMirror
+
+    reg = DomainRegistry(client)
+    mirror = DomainMirror(reg)
+    mirror.apply(reg.promote("x", "a" * 64))
+    mirror.refresh()
+    reg.delete("x")  # the message never reached this replica
+    mirror.refresh()
+    assert mirror.active("x") is None and reg.get("x") is None
