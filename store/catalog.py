@@ -289,13 +289,24 @@ class SharedCatalog:
         log.info("mask %s fetched from the shared store", mask_id[:12])
         return data
 
+    def _local_bytes(self, mask_id: str) -> bytes | None:
+        """This host's copy (marked used), or None; a file evicted under us is just absent."""
+        if mask_id not in self.local:
+            return None
+        try:
+            data = self.local.bytes(mask_id)
+        except (KeyError, FileNotFoundError):
+            return None
+        self.local.touch(mask_id)
+        return data
+
     def bytes(self, mask_id: str) -> bytes:
         """The file: this host's copy, else the blob (its sha256 checked), then kept here.
         KeyError if neither has it, DeletedMask (this host's copy dropped) if it was deleted."""
         self._refuse_deleted(mask_id)
-        if mask_id in self.local:
-            self.local.touch(mask_id)
-            return self.local.bytes(mask_id)
+        data = self._local_bytes(mask_id)
+        if data is not None:
+            return data
         data = self._blob(mask_id)
         self.local.add(data)
         self.local.touch(mask_id)
@@ -306,9 +317,9 @@ class SharedCatalog:
         """The decoded file (KeyError if unknown, DeletedMask if deleted, MaskError if
         malformed or not its id); a fetched file is decoded once, then kept here."""
         self._refuse_deleted(mask_id)
-        if mask_id in self.local:
-            self.local.touch(mask_id)
-            mask = decode_untrusted(self.local.bytes(mask_id))
+        data = self._local_bytes(mask_id)
+        if data is not None:
+            mask = decode_untrusted(data)
         else:
             data = self._blob(mask_id)
             mask = decode_untrusted(data)

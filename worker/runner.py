@@ -67,7 +67,8 @@ class Context:
         client = connect(app.conf.broker_url, settings.redis_socket_timeout_s)
         blobs = blob_store(settings, client)
         return cls(app, settings, client, JobStore(client), blobs,
-                   SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir)),
+                   SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir),
+                                 local_budget_bytes=settings.mask_disk_bytes),
                    DomainRegistry(client),
                    SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
                    SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
