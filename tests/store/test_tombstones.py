@@ -255,3 +255,24 @@ def test_a_replica_notices_a_store_loss_and_writes_back_what_it_holds(client):
     mirror.refresh()
     assert mirror.active("x") is None and reg.get("x") is None
 
+
+
+def test_a_replica_that_missed_a_delete_forgets_the_mask_in_ram_on_the_device_and_on_disk(
+        server, client, tmp_path):
+    from service.engine import Engine
+    from service.settings import Settings
+    from trainer.masks import decode_mask
+
+    settings = Settings(home=tmp_path / "home", redis_url=server.url, base="width=0.0625")
+    other, here = host(client, tmp_path / "other"), host(client, tmp_path / "here")
+    engine = Engine(settings, here, DomainRegistry(client), server.url)  # not started: no listener
+    data = mask_bytes(30)
+    mask_id, _ = other.publish(data)
+    engine.masks.put(decode_mask(here.bytes(mask_id)))  # held in RAM, on disk
+    engine._cache.put(mask_id, {}, 0, set())  # and "resident" on the device
+    assert mask_id in engine.masks and engine.is_resident(mask_id) and mask_id in here.local
+
+    other.delete(mask_id)  # the deletion's message never reached this replica
+    engine.mirror.refresh()  # its next re-read of the registry
+    assert mask_id not in engine.masks and not engine.is_resident(mask_id)
+    assert mask_id not in here.local
