@@ -255,14 +255,24 @@ class Engine:
         return self.masks.bytes
 
     def promote(self, name: str, mask_id: str, by: str = "admin") -> dict:
-        """Make `mask_id` the domain's active mask: verified for this base first (UnknownMask,
-        MaskError), and only a mask in the catalog's index and not deleted (UnknownMask naming
-        why, checked again as the promotion commits)."""
-        if mask_id not in self.catalog:
-            at = self.catalog.deleted_at(mask_id)
-            raise UnknownMask(mask_id, str(DeletedMask(mask_id, at)) if at is not None
-                              else str(UnindexedMask(mask_id)))
-        self.load_mask(mask_id)
+        """Make `mask_id` the domain's active mask: not deleted, verified for this base
+        (UnknownMask, ForeignMaskError, MaskError), and in the catalog's index (UnknownMask
+        naming why; both checked again as the promotion commits)."""
+        at = self.catalog.deleted_at(mask_id)
+        if at is not None:
+            raise UnknownMask(mask_id, str(DeletedMask(mask_id, at)))
+        indexed, had_file = mask_id in self.catalog, mask_id in self.catalog.local
+        try:
+            self.load_mask(mask_id)  # a file of another base is a 409 whether indexed or not
+        except UnknownMask:
+            if indexed:  # indexed, but its file is nowhere: say so as the cache does
+                raise
+            raise UnknownMask(mask_id, str(UnindexedMask(mask_id))) from None
+        if not indexed:  # a blob or a file alone: keep no copy of it here, promote nothing
+            self.masks.evict(mask_id)
+            if not had_file:
+                self.catalog.drop_local(mask_id)
+            raise UnknownMask(mask_id, str(UnindexedMask(mask_id)))
         try:
             return self.mirror.promote(name, mask_id, by, guard=self.catalog.promotion_guard(mask_id))
         except (DeletedMask, UnindexedMask) as e:  # deleted while we verified it
