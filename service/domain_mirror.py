@@ -35,7 +35,7 @@ from store.domains import CHANNEL, DomainRegistry, Guard
 log = logging.getLogger(__name__)
 
 REFRESH_S = 30.0
-STORE_CHECK_S = 1.0  # how often the listener looks for a store loss (one GET and one GET)
+STORE_CHECK_S = 1.0  # how often the listener looks for a store loss (a GET of the marker, one of the counter)
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,8 @@ class DomainMirror:
         lost = self._store_lost(registry)
         if lost:
             self._recover(registry)
-        self._epoch = epoch.current(registry.r)
+        if lost or self._epoch is None:  # the marker set again, or first seen
+            self._epoch = epoch.current(registry.r)
         if lost:
             self.on_store_loss()
         return lost
