@@ -7,6 +7,14 @@ record is applied only if it is newer than the one held, a deletion included (it
 keeps its version), so a route's reply and a pub/sub message may arrive in any order: the view
 ends on the registry's newest record. Unversioned records (both 0) replace each other, as
 before versions existed.
+
+A store loss (the `store.epoch` marker gone or changed, or the version counter below what is
+held here: a FLUSHALL, a restart without persistence, a restore from an older snapshot) is
+checked for every second and before each re-read. Then the records held here are written back
+(`DomainRegistry.restore`: only over nothing or older), the counter is raised to the highest
+version held, so later changes are newer than anything a replica serves, and `on_store_loss`
+re-publishes this host's mask files. A domain missing from the registry in a lost store is
+never taken for a deletion.
 """
 from __future__ import annotations
 
@@ -20,12 +28,14 @@ from dataclasses import dataclass
 import redis
 
 from service.errors import InUse, UnknownDomain
+from store import epoch
 from store.connection import connect
-from store.domains import CHANNEL, DomainRegistry
+from store.domains import CHANNEL, DomainRegistry, Guard
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 30.0
+STORE_CHECK_S = 1.0  # how often the listener looks for a store loss (a GET of the marker, one of the counter)
 
 
 @dataclass(frozen=True)
@@ -60,15 +70,26 @@ class DomainMirror:
     def __init__(self, registry: DomainRegistry, redis_url: str | None = None,
                  on_change: Callable[[Change], None] | None = None,
                  on_mask_deleted: Callable[[str], None] | None = None,
-                 refresh_s: float = REFRESH_S):
+                 refresh_s: float = REFRESH_S, socket_timeout_s: float = 30.0,
+                 on_store_loss: Callable[[], None] | None = None,
+                 on_refresh: Callable[[], None] | None = None):
+        """`socket_timeout_s`: of the listener's own connection (SLT_REDIS_SOCKET_TIMEOUT_S);
+        `on_store_loss`: called (in the listener thread) once the records held here are back
+        in a store that had lost them; `on_refresh`: after each full re-read."""
         self.registry, self.redis_url, self.refresh_s = registry, redis_url, refresh_s
+        self.socket_timeout_s = socket_timeout_s
         self.on_change = on_change or (lambda change: None)
         self.on_mask_deleted = on_mask_deleted or (lambda mask_id: None)
+        self.on_store_loss = on_store_loss or (lambda: None)
+        self.on_refresh = on_refresh or (lambda: None)
         self._held: dict[str, Held] = {}
+        self._records: dict[str, dict] = {}  # the last live record applied, to write back after a loss
+        self._epoch: str | None = None  # the store's marker as last seen here
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listening = False  # subscribed now (the listener's connection is up)
+        self.listener_client: redis.Redis | None = None  # the listener's own connection
 
     # the view ----------------------------------------------------------------------------
 
@@ -88,6 +109,10 @@ class DomainMirror:
             if not newer(version, old):
                 return False
             self._held[name] = new
+            if deleted:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = json.loads(json.dumps(rec))
         if old is None or old.mask_id != new.mask_id:
             log.info("domain %s -> %s (version %d)", name,
                      f"mask {new.mask_id[:12]}" if new.mask_id else "deleted", version)
@@ -112,6 +137,11 @@ class DomainMirror:
         with self._lock:
             return {h.mask_id for h in self._held.values() if h.pinned and h.mask_id}
 
+    def highest_version(self) -> int:
+        """The newest version held here (0: none); the registry takes no version below it."""
+        with self._lock:
+            return max((h.version for h in self._held.values()), default=0)
+
     def known(self) -> int:
         """Live domains this replica can resolve without Redis."""
         with self._lock:
@@ -131,8 +161,8 @@ class DomainMirror:
 
     # writes through this replica (the admin routes) ---------------------------------------
 
-    def promote(self, name: str, mask_id: str, by: str = "admin") -> dict:
-        rec = self.registry.promote(name, mask_id, by)
+    def promote(self, name: str, mask_id: str, by: str = "admin", guard: Guard | None = None) -> dict:
+        rec = self.registry.promote(name, mask_id, by, guard)
         self.apply(rec)  # here at once; the others by pub/sub
         return rec
 
@@ -173,15 +203,60 @@ class DomainMirror:
 
     # keeping up with the registry ---------------------------------------------------------
 
+    # a store that lost its data -----------------------------------------------------------
+
+    def _store_lost(self, registry: DomainRegistry) -> bool:
+        """Whether the store lost data since this replica last looked: its marker gone or
+        changed, or its version counter below the newest version held here."""
+        if self._epoch is not None and epoch.peek(registry.r) != self._epoch:
+            return True
+        top = self.highest_version()
+        return bool(top) and registry.version() < top
+
+    def check_store(self, registry: DomainRegistry | None = None) -> bool:
+        """Look for a store loss and, on one, write back what is held here (see the module
+        docstring); True if there was one."""
+        registry = registry or self.registry
+        lost = self._store_lost(registry)
+        if lost:
+            self._recover(registry)
+        if lost or self._epoch is None:  # the marker set again, or first seen
+            self._epoch = epoch.current(registry.r)
+        if lost:
+            self.on_store_loss()
+        return lost
+
+    def _recover(self, registry: DomainRegistry) -> None:
+        with self._lock:
+            held = dict(self._held)
+            records = {n: dict(r) for n, r in self._records.items()}
+        top = max((h.version for h in held.values()), default=0)
+        registry.raise_version(top)
+        restored = 0
+        for name, h in held.items():
+            if h.mask_id is None:
+                rec = {"name": name, "version": h.version, "deleted": True}
+            else:
+                rec = {**records.get(name, {"name": name, "history": []}),
+                       "name": name, "mask_id": h.mask_id, "pinned": h.pinned, "version": h.version}
+            restored += registry.restore(rec)
+        log.warning("the shared store lost data (marker or versions gone): %d domain records written "
+                    "back from this replica, versions raised to %d", restored, top)
+
     def refresh(self, registry: DomainRegistry | None = None) -> None:
         """Re-read every record; a domain held here but gone from the registry was deleted while
-        no message reached us (dropped unless a newer record arrived meanwhile)."""
+        no message reached us (dropped unless a newer record arrived meanwhile), unless the
+        store lost its data meanwhile (then it is written back, not dropped)."""
         registry = registry or self.registry
+        self.check_store(registry)
         with self._lock:
             before = dict(self._held)
         recs = registry.all()
         for rec in recs:
             self.apply(rec)
+        if self._store_lost(registry):  # lost while we read: what is missing was not deleted
+            self.check_store(registry)
+            return
         present = {r.get("name") for r in recs}
         gone = []
         with self._lock:
@@ -192,6 +267,7 @@ class DomainMirror:
         for name, held in gone:
             log.info("domain %s is no longer in the registry", name)
             self.on_change(Change(name, held, Held(None, False, held.version)))
+        self.on_refresh()
 
     def on_message(self, data: bytes, registry: DomainRegistry) -> None:
         """One pub/sub message: a domain's new version (fetched from the registry, the truth),
@@ -230,20 +306,26 @@ class DomainMirror:
         while not self._stop.is_set():
             client = None
             try:
-                client = connect(self.redis_url) if self.redis_url else self.registry.r
+                client = (connect(self.redis_url, self.socket_timeout_s) if self.redis_url
+                          else self.registry.r)
+                self.listener_client = client
                 registry = DomainRegistry(client)
                 ps = client.pubsub(ignore_subscribe_messages=True)
                 ps.subscribe(CHANNEL)
                 self.listening = True
                 self.refresh(registry)  # whatever changed while we were not listening
-                last, delay = time.monotonic(), 0.5
+                last = checked = time.monotonic()
+                delay = 0.5
                 while not self._stop.is_set():
                     msg = ps.get_message(timeout=0.5)
                     if msg and msg.get("type") == "message":
                         self.on_message(msg["data"], registry)
                     if time.monotonic() - last > self.refresh_s:
                         self.refresh(registry)
-                        last = time.monotonic()
+                        last = checked = time.monotonic()
+                    elif time.monotonic() - checked > STORE_CHECK_S:
+                        self.check_store(registry)
+                        checked = time.monotonic()
                 ps.close()
             except redis.RedisError as e:
                 log.warning("domain listener: %s; reconnecting in %.1f s", e, delay)

@@ -41,7 +41,7 @@ from service.errors import (
 from service.mask_cache import MaskCache
 from service.metrics import ServingMetrics
 from service.settings import Settings
-from store.catalog import SharedCatalog
+from store.catalog import DeletedMask, SharedCatalog, UnindexedMask
 from store.domains import DomainRegistry
 from trainer.generator import base_sha256, build_base, latents
 from trainer.masks import ForeignMaskError, MaskError, MaskFile, check_base, check_shapes
@@ -148,7 +148,14 @@ class Engine:
         self._params: dict[str, torch.Tensor] = {}
         self.masks = MaskCache(catalog, self.verify, settings.mask_ram_bytes, self.metrics)
         self.mirror = DomainMirror(registry, redis_url, on_change=self._on_domain_change,
-                                   on_mask_deleted=self.forget_mask)
+                                   on_mask_deleted=self.forget_mask,
+                                   socket_timeout_s=settings.redis_socket_timeout_s,
+                                   on_store_loss=self._republish, on_refresh=self._forget_deleted)
+        # no version below what this replica holds, even in a store that lost its counter
+        registry.floor = self.mirror.highest_version
+        # this host's mask files in use (served by a domain, or pinned) are evicted last
+        catalog.protected = self.masks_in_use
+        self._republishing = threading.Lock()
         self.batcher = Batcher(settings.queue_limit, self.max_batch,
                                max(0.0, settings.batch_window_ms) / 1000.0, self.metrics)
         self._cache = WeightCache(settings.device_cache_bytes)
@@ -246,6 +253,62 @@ class Engine:
 
     def ram_bytes(self) -> int:
         return self.masks.bytes
+
+    def promote(self, name: str, mask_id: str, by: str = "admin") -> dict:
+        """Make `mask_id` the domain's active mask: not deleted, verified for this base
+        (UnknownMask, ForeignMaskError, MaskError), and in the catalog's index (UnknownMask
+        naming why; both checked again as the promotion commits)."""
+        at = self.catalog.deleted_at(mask_id)
+        if at is not None:
+            raise UnknownMask(mask_id, str(DeletedMask(mask_id, at)))
+        indexed, had_file = mask_id in self.catalog, mask_id in self.catalog.local
+        try:
+            self.load_mask(mask_id)  # a file of another base is a 409 whether indexed or not
+        except UnknownMask:
+            if indexed:  # indexed, but its file is nowhere: say so as the cache does
+                raise
+            raise UnknownMask(mask_id, str(UnindexedMask(mask_id))) from None
+        if not indexed:  # a blob or a file alone: keep no copy of it here, promote nothing
+            self.masks.evict(mask_id)
+            if not had_file:
+                self.catalog.drop_local(mask_id)
+            raise UnknownMask(mask_id, str(UnindexedMask(mask_id)))
+        try:
+            return self.mirror.promote(name, mask_id, by, guard=self.catalog.promotion_guard(mask_id))
+        except (DeletedMask, UnindexedMask) as e:  # deleted while we verified it
+            raise UnknownMask(mask_id, str(e)) from None
+
+    def masks_in_use(self) -> set[str]:
+        """Masks a domain on this replica serves, or pins."""
+        return set(self.mirror.view().values()) | self.mirror.pinned_masks()
+
+    def _forget_deleted(self) -> None:
+        """After a re-read of the registry: forget the deleted masks this host still holds in
+        RAM, on the device or on disk (a deletion whose message did not reach this replica)."""
+        held = sorted(set(self.masks.ids()) | set(self._cache.keys()) - {BASE_KEY})
+        try:
+            gone = self.catalog.deleted(held)
+            self.catalog.drop_deleted_local()
+        except redis.RedisError as e:
+            log.warning("deleted masks not checked: %s", e)
+            return
+        for mask_id in gone:
+            self.forget_mask(mask_id)
+
+    def _republish(self) -> None:
+        """The store lost data: publish this host's mask files again (with their evaluation
+        sidecars), in a thread of its own so domain messages keep flowing meanwhile."""
+        def run() -> None:
+            if not self._republishing.acquire(blocking=False):
+                return  # one re-publication at a time; the running one covers every file
+            try:
+                n = self.catalog.sync_local()
+                log.warning("store loss: %d mask files of this host published again", n)
+            except Exception:
+                log.exception("store loss: this host's mask files not published again")
+            finally:
+                self._republishing.release()
+        threading.Thread(target=run, name="slt-republish", daemon=True).start()
 
     def forget_mask(self, mask_id: str) -> None:
         """A mask deleted from the catalog: out of RAM, off the device, off this host's disk.

@@ -46,6 +46,10 @@ class InvalidRequest(EngineError):
     """Parameters that pass one by one but not together, or a bound of this deployment (422)."""
 
 
+class TooLarge(EngineError):
+    """A request body over a bound of this deployment (413)."""
+
+
 class Unauthorized(EngineError):
     """No token, or a wrong one (401, with `WWW-Authenticate: Bearer`)."""
 
@@ -126,6 +130,7 @@ STATUS: tuple[tuple[type[Exception], Answer], ...] = (
     (NotFound, Answer(404)),
     (Conflict, Answer(409)),
     (InvalidRequest, Answer(422)),
+    (TooLarge, Answer(413)),
     (UploadError, Answer(lambda e: e.status_code)),  # type: ignore[attr-defined]
     (ForeignBase, Answer(409)),
     (InUse, Answer(409)),

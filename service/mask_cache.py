@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from service.errors import UnknownMask
 from service.metrics import ServingMetrics
-from store.catalog import SharedCatalog, decode_untrusted
+from store.catalog import DeletedMask, SharedCatalog, decode_untrusted
 from trainer.masks import MaskError, MaskFile
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class MaskCache:
         had_file = mask_id in self.catalog.local
         try:
             mask = self.catalog.read(mask_id)
+        except DeletedMask as e:  # its tombstone: this host's copy is gone too
+            raise UnknownMask(mask_id, str(e)) from None
         except KeyError:
             raise UnknownMask(mask_id) from None
         try:
@@ -101,6 +103,9 @@ class MaskCache:
         """The mask file's bytes (this host's copy, else the shared store's); UnknownMask."""
         try:
             return self.catalog.bytes(mask_id)
+        except DeletedMask as e:
+            self.evict(mask_id)
+            raise UnknownMask(mask_id, str(e)) from None
         except KeyError:
             raise UnknownMask(mask_id) from None
 
@@ -114,10 +119,11 @@ class MaskCache:
     def admit(self, data: bytes, base_sha: str) -> tuple[MaskFile, bool]:
         """Verify uploaded bytes in full (format, base, every layer's shape), publish them to
         the shared catalog and hold them here; also says whether the catalog had them. Any
-        defect is a MaskError (ForeignMaskError for another base). Blocking."""
+        defect is a MaskError (ForeignMaskError for another base). An admin's import is an
+        explicit act: it lifts the tombstone of a mask deleted before. Blocking."""
         mask = decode_untrusted(data)
         self.verify(mask)
-        _, existed = self.catalog.publish(data, base_sha, mask)
+        _, existed = self.catalog.publish(data, base_sha, mask, lift_tombstone=True)
         return self.put(mask), existed
 
     def put(self, mask: MaskFile) -> MaskFile:
@@ -154,6 +160,10 @@ class MaskCache:
     def __contains__(self, mask_id: str) -> bool:
         with self._lock:
             return mask_id in self._entries
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
 
     def __len__(self) -> int:
         with self._lock:

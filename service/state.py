@@ -44,11 +44,14 @@ class AppState:
         local = MaskCatalog(s.masks_dir)
         local.clean_temp()
         blobs = blob_store(s, self.redis)
-        self.catalog = SharedCatalog(self.redis, blobs, local)
+        # the engine sets `protected` (masks its domains serve or pin) once it exists
+        self.catalog = SharedCatalog(self.redis, blobs, local, local_budget_bytes=s.mask_disk_bytes)
         self.datasets = SharedDatasets(self.redis, blobs, s.shared_dataset_max_bytes)
         self.domains = DomainRegistry(self.redis)
-        try:  # masks made on this host before the catalog was shared (the upgrade path)
+        try:  # masks made here before the catalog was shared (the upgrade path), or lost with
+            # the store's data; a deleted mask's file is removed instead (its tombstone)
             await asyncio.to_thread(self.catalog.sync_local)
+            await asyncio.to_thread(self.catalog.bound_local)
             await asyncio.to_thread(self.jobs.store.ensure_indexes)  # jobs recorded before them
         except redis.RedisError as e:  # served from this host's files meanwhile; retried next start
             log.warning("local masks not synced to the shared catalog: %s", e)

@@ -174,13 +174,3 @@ def _sweep(client: redis.Redis, blobs: BlobStore, keep: set[str], present: dict[
         log.info("blob collection: %d unreferenced blobs deleted, %d left for later sweeps "
                  "(the cap of one sweep)", out.deleted, out.left_for_later)
     return out
-
-
-def referenced_by_domains(domains) -> set[str]:
-    """Masks a domain serves or may roll back to (kept even if the catalog's index lacks them)."""
-    out: set[str] = set()
-    for d in domains.all():
-        if d.get("mask_id"):
-            out.add(d["mask_id"])
-        out.update(h["mask_id"] for h in d.get("history", []) if h.get("mask_id"))
-    return out

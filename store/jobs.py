@@ -401,6 +401,10 @@ class JobStore:
         return x.decode() if isinstance(x, bytes) else str(x)
 
 
+class LeaseLost(Exception):
+    """A write of a job refused because its writer no longer holds the job's lease (fenced)."""
+
+
 class Lease:
     """A job's lease: a token in Redis with a TTL, renewed by a heartbeat thread while held.
 
@@ -501,4 +505,4 @@ class Lease:
 
 
 __all__ = ["CANCELLED", "FAILED", "QUEUED", "RUNNING", "STATUSES", "SUCCEEDED", "TERMINAL",
-           "Event", "JobStore", "Lease", "Outcome", "Status", "client_with_timeout"]
+           "Event", "JobStore", "Lease", "LeaseLost", "Outcome", "Status", "client_with_timeout"]

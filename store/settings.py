@@ -117,6 +117,10 @@ class SharedSettings(TrainerSettings):
     redis_password_file: Path | None = None
     # address a worker's metrics listen on: loopback unless a scraper elsewhere must reach it
     worker_metrics_host: str = "127.0.0.1"
+    # ---- deletions, store loss, local caches (issue 22)
+    # the most a host's $SLT_HOME/masks may take; least recently used files the shared store holds
+    # are evicted (never one only this host has; masks its domains serve or pin last); 0: unbounded
+    mask_disk_bytes: int = Field(8 << 30, ge=0)
 
     @model_validator(mode="after")
     def _redis_password(self) -> SharedSettings:

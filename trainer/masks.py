@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 import time
@@ -374,6 +375,26 @@ class MaskCatalog:
         if not p.is_file():
             raise KeyError(mask_id)
         return p.read_bytes()
+
+    def touch(self, mask_id: str) -> None:
+        """Mark the file used now (its mtime: atime is often not kept), for LRU eviction; the
+        time given in full, as a file system's own stamps may be coarser than two uses apart."""
+        try:
+            now = time.time_ns()
+            os.utime(self.path(mask_id), ns=(now, now))
+        except OSError:  # removed meanwhile, or a read-only cache: recency is only a hint
+            pass
+
+    def usage(self) -> list[tuple[str, int, float]]:
+        """(mask_id, bytes, last used) of every file, least recently used first."""
+        out = []
+        for mask_id in self.ids():
+            try:
+                st = self.path(mask_id).stat()
+            except OSError:
+                continue
+            out.append((mask_id, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda f: f[2])
 
     def remove(self, mask_id: str) -> None:
         """Delete a mask's file and its sidecar (absent ones are fine)."""

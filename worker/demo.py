@@ -1,12 +1,15 @@
 """SLT_DEMO: on a first start, each demo domain is served at once from the mask shipped in
 `worker/shipped/` (when it belongs to the served base), and one short search per demo dataset
 is queued, so a new user sees images straight away and watches jobs progress. Remembered in
-Redis, so later starts do neither again."""
+Redis, so later starts do neither again: the flag is read before anything is published, so a
+shipped mask that was deleted, or a domain that was removed, is never brought back (a deleted
+mask's tombstone also refuses it)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from store.catalog import DeletedMask
 from trainer.masks import ForeignMaskError, MaskError
 from trainer.ticket import cached_base
 from worker.queue import submit_search
@@ -25,8 +28,11 @@ def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
     seeded = []
     for name in DEMO_DATASETS:
         path = shipped / f"{name}.safetensors"
+        flag = f"slt:shipped:{name}"
         if not path.is_file() or ctx.domains.active(name) is not None:
             continue
+        if ctx.client.exists(flag):
+            continue  # seeded before (and since replaced or removed by someone): publish nothing
         data = path.read_bytes()
         try:  # the catalog verifies the file and its base (content-addressed: adding twice is a no-op)
             mask_id, _ = ctx.catalog.publish(data, base_sha=cached_base(ctx.settings.base_spec)[1])
@@ -36,9 +42,16 @@ def seed_shipped_masks(ctx: Context, shipped: Path = SHIPPED) -> list[str]:
         except MaskError as e:
             log.error("shipped mask %s is unreadable (%s); not used", path.name, e)
             continue
-        if not ctx.client.set(f"slt:shipped:{name}", "1", nx=True):
-            continue  # seeded before (and since replaced or removed by someone)
-        ctx.domains.promote(name, mask_id, by="shipped")
+        except DeletedMask as e:
+            log.info("shipped mask %s is not used: %s", path.name, e)
+            continue
+        if not ctx.client.set(flag, "1", nx=True):
+            continue  # another worker seeded it just now
+        try:
+            ctx.domains.promote(name, mask_id, by="shipped", guard=ctx.catalog.promotion_guard(mask_id))
+        except KeyError as e:  # deleted between publish and promotion
+            log.info("demo domain %s not seeded: %s", name, e)
+            continue
         log.info("demo: domain %s served from the shipped mask %s", name, mask_id[:12])
         seeded.append(name)
     return seeded

@@ -28,7 +28,7 @@ from store.connection import connect
 from store.datasets import SharedDatasets
 from store.domains import DomainRegistry
 from store.faults import describe, transient
-from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, Lease
+from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, Lease, LeaseLost
 from store.lifecycle import Event, Outcome, next_status
 from store.moments import SharedMoments
 from store.outages import OutageLog
@@ -77,7 +77,8 @@ class Context:
         client = connect(app.conf.broker_url, settings.redis_socket_timeout_s)
         blobs = blob_store(settings, client)
         return cls(app, settings, client, JobStore(client, settings.failure_decay_s), blobs,
-                   SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir)),
+                   SharedCatalog(client, blobs, MaskCatalog(settings.masks_dir),
+                                 local_budget_bytes=settings.mask_disk_bytes),
                    DomainRegistry(client),
                    SharedDatasets(client, blobs, settings.shared_dataset_max_bytes),
                    SharedCheckpoints(client, blobs, settings.checkpoint_max_bytes),
@@ -508,7 +509,12 @@ class SearchRun:
         if not ctx.store.update(lease, {"mask_id": mask_id}):
             return self._finished_elsewhere(mask_id)
         if job["promote"]:
-            ctx.domains.promote(job["domain"], mask_id, by=f"job:{self.job_id}")
+            # fenced: only while this worker holds the job's lease, and only a live, indexed mask
+            try:
+                ctx.domains.promote(job["domain"], mask_id, by=f"job:{self.job_id}",
+                                    guard=self._promotion_guard(lease, mask_id))
+            except LeaseLost:
+                return self._finished_elsewhere(mask_id)
         if not ctx.store.finish(lease, SUCCEEDED, mask_id=mask_id, progress=1.0, eta_s=0.0,
                                 finished=time.time()):
             return self._finished_elsewhere(mask_id)
@@ -520,6 +526,17 @@ class SearchRun:
             ctx.app.send_task(EVALUATE_TASK, args=[mask_id, job["dataset"]], queue=QUEUE,
                               priority=LOW_PRIORITY)
         return SUCCEEDED
+
+    def _promotion_guard(self, lease: Lease, mask_id: str):
+        """The catalog's guard (the mask is live and indexed) plus the job's lease token, checked
+        inside the registry's transaction: a worker that lost its lease promotes nothing."""
+        keys, live = self.ctx.catalog.promotion_guard(mask_id)
+
+        def check(pipe) -> None:
+            live(pipe)
+            if pipe.get(lease.key) != lease.token.encode():
+                raise LeaseLost(f"job {self.job_id}: lease lost before the promotion")
+        return [*keys, lease.key], check
 
     def _finished_elsewhere(self, mask_id: str) -> str:
         """A write refused: the lease is gone, or an earlier try of this step did finish (its

@@ -34,7 +34,7 @@ import time
 import redis
 
 from store.faults import describe
-from store.gc import collect_blobs, gc_options, referenced_by_domains
+from store.gc import collect_blobs, gc_options
 from store.jobs import QUEUED, RUNNING
 from worker import metrics
 from worker.queue import pending_job_ids, send_search
@@ -166,7 +166,7 @@ class Watchdog(threading.Thread):
         if not force and not ctx.client.set(GC_LOCK, ctx.owner, nx=True, px=int(GC_S * 1000)):
             return
         collect_blobs(ctx.client, ctx.blobs,
-                      [ctx.catalog.referenced_blobs, lambda: referenced_by_domains(ctx.domains),
+                      [ctx.catalog.referenced_blobs, ctx.domains.referenced,
                        ctx.datasets.referenced, ctx.checkpoints.referenced, ctx.moments.referenced],
                       now=now, **gc_options(ctx.settings))
 

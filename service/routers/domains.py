@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from service.auth import require_admin
 from service.deps import get_engine, get_state
 from service.engine import Engine
-from service.errors import UnknownDomain
+from service.errors import InvalidRequest, UnknownDomain
 from service.openapi import ADMIN, errors
 from service.state import AppState
 from store.domains import DOMAIN_NAME
@@ -81,8 +81,8 @@ async def get_domain(name: str = DomainName, state: AppState = Depends(get_state
 def _update(engine: Engine, name: str, body: DomainUpdate) -> dict:
     rec: dict = {}
     if body.mask_id is not None:
-        engine.load_mask(body.mask_id)  # verified before promotion (UnknownMask, MaskError)
-        rec = engine.mirror.promote(name, body.mask_id, "admin")
+        # in the catalog, not deleted, verified for this base (UnknownMask, MaskError)
+        rec = engine.promote(name, body.mask_id, "admin")
     if body.pinned is not None:
         rec = engine.mirror.set_pinned(name, body.pinned)
     return rec
@@ -93,11 +93,12 @@ def _update(engine: Engine, name: str, body: DomainUpdate) -> dict:
             responses={**ADMIN, **errors(404, 409, 422, 503)})
 async def put_domain(body: DomainUpdate, name: str = DomainName,
                      engine: Engine = Depends(get_engine)) -> Domain:
-    """The next /generate request on any replica uses the new mask; no restart. 404 for an
-    unknown mask, or for `pinned` alone on a domain that does not exist; 409 for a mask of
+    """The next /generate request on any replica uses the new mask; no restart. 404 for a
+    mask not in the catalog (never imported, or deleted: the answer says which), or for
+    `pinned` alone on a domain that does not exist; 409 for a mask of
     another base; 422 for a mask file that does not fit the served base."""
     if body.mask_id is None and body.pinned is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give `mask_id` and/or `pinned`")
+        raise InvalidRequest("give `mask_id` and/or `pinned`")
     rec = await asyncio.to_thread(_update, engine, name, body)
     return _view(engine, rec)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from service.auth import require_admin
 from service.deps import get_engine, get_state
 from service.engine import Engine
-from service.errors import UnknownMask
+from service.errors import InvalidRequest, TooLarge, UnknownMask
 from service.mask_views import domains_by_mask, mask_view
 from service.openapi import ADMIN, errors
 from service.state import AppState
@@ -146,7 +146,9 @@ def _delete(engine: Engine, catalog: SharedCatalog, mask_id: str, force: bool) -
     if mask_id not in catalog:
         raise UnknownMask(mask_id)
     changed = engine.mirror.release_mask(mask_id, force)  # InUse unless forced
-    deleted = catalog.delete(mask_id)  # announced: every replica drops its copies
+    deleted = catalog.delete(mask_id)  # tombstoned, announced: every replica drops its copies
+    # a promotion that committed between the check and the tombstone loses: the mask is gone
+    changed += engine.mirror.release_mask(mask_id, force=True)
     engine.forget_mask(mask_id)
     return MaskDeleted(mask_id=mask_id, deleted=deleted, domains=[
         DomainChange(name=r["name"], mask_id=None if r.get("deleted") else r.get("mask_id"),
@@ -165,7 +167,9 @@ async def delete_mask(mask_id: str = MaskId,
                       state: AppState = Depends(get_state),
                       engine: Engine = Depends(get_engine)) -> MaskDeleted:
     """Its index entry, blob and every replica's file. Without `force`, a 409 names the domains
-    that serve it or have it in their history."""
+    that serve it or have it in their history. The deletion is kept as a tombstone: a replica
+    that was down drops its copy when it starts, and nothing publishes the mask again but an
+    admin's POST /masks/import of its file."""
     return await asyncio.to_thread(_delete, engine, state.catalog, mask_id, force)
 
 
@@ -181,23 +185,21 @@ _UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": 
                                                **ADMIN, **errors(400, 409, 413, 422, 503)})
 async def import_mask(request: Request, response: Response, state: AppState = Depends(get_state),
                       engine: Engine = Depends(get_engine)) -> dict:
-    """Verified before it enters the catalog: size, format, and the served base's sha256."""
+    """Verified before it enters the catalog: size, format, and the served base's sha256. An
+    explicit act: importing a deleted mask's file brings it back (lifts its tombstone)."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_FILE_BYTES + (1 << 20):
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"a mask file is at most {MAX_FILE_BYTES} bytes")
+        raise TooLarge(f"a mask file is at most {MAX_FILE_BYTES} bytes")
     form = await request.form(max_files=1, max_fields=8)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "send the mask as multipart/form-data with a `file` field")
+        raise InvalidRequest("send the mask as multipart/form-data with a `file` field")
     data = await upload.read(MAX_FILE_BYTES + 1)
     await form.close()
     if len(data) > MAX_FILE_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"a mask file is at most {MAX_FILE_BYTES} bytes")
+        raise TooLarge(f"a mask file is at most {MAX_FILE_BYTES} bytes")
     if not data:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the uploaded file is empty")
+        raise InvalidRequest("the uploaded file is empty")
     mask, existed = await asyncio.to_thread(engine.import_mask, data)
     response.headers["Location"] = f"/masks/{mask.mask_id}"
     if existed:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import types
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +93,7 @@ def test_tampered_safetensors_is_refused(fid_settings, tmp_path):
         path = tmp_path / f"{word.replace(' ', '_')}.safetensors"
         save_file(bad, str(path))
         with pytest.raises(ValueError, match=word):
-            inception.load_inception_state(replace(fid_settings, inception_weights=path))
+            inception.load_inception_state(fid_settings.model_copy(update={"inception_weights": path}))
 
 
 def test_local_weight_files(fid_settings, model):
