@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from store.lifecycle import (
     ACTIVE,
@@ -208,12 +210,14 @@ def _finite(x: float | None) -> float | None:
 
 
 def client_with_timeout(client: redis.Redis, seconds: float) -> redis.Redis:
-    """A client to the same server whose calls give up after `seconds` (its own pool)."""
+    """A client to the same server whose calls give up after `seconds` (its own pool), and do
+    not retry: redis-py retries a failed call three times with backoff by default, which would
+    make one call last several times `seconds`. Its caller retries on its own schedule."""
     kwargs = dict(client.connection_pool.connection_kwargs)
     kwargs.update(socket_timeout=seconds, socket_connect_timeout=min(seconds, kwargs.get(
-        "socket_connect_timeout") or seconds))
+        "socket_connect_timeout") or seconds), retry=Retry(NoBackoff(), 0))
     pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 class JobStore:

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.settings import Settings
 from store.connection import connect, free_port, redacted
 from store.settings import SharedSettings, with_password
 
+# redis-py retries a refused or failed call three times with backoff (about 10 s); a probe
+# that expects the refusal wants it at once
+NO_RETRY = Retry(NoBackoff(), 0)
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 
@@ -58,7 +63,7 @@ class RedisRole:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.root / "role.log").read_text()
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                redis.Redis(port=self.port, socket_connect_timeout=1, retry=NO_RETRY).ping()
             except redis.AuthenticationError:
                 return self  # up, and it wants a password
             except redis.ResponseError as e:  # NOAUTH on older servers
@@ -99,7 +104,7 @@ def test_redis_role_generates_a_password_once_and_requires_it(role, tmp_path):
     assert (tmp_path / "secrets" / "redis-password").stat().st_mode & 0o077 == 0  # mode 600
     assert redis.Redis(port=role.port, password=password).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=role.port, password="wrong").ping()
+        redis.Redis(port=role.port, password="wrong", retry=NO_RETRY).ping()
     # not on the command line, where any process of the container could read it
     cmdline = Path(f"/proc/{role.proc.pid}/cmdline").read_bytes()
     assert password.encode() not in cmdline

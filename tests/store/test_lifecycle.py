@@ -179,3 +179,29 @@ def test_outages_are_recorded_by_a_process_that_saw_them_in_the_servers_clock(se
     (start, end), = log.spans_after(before - 5)
     assert end >= before + 1.2 and 1.2 <= end - start < 5
     assert log.spans_after(end + 0.01) == []  # cjson keeps 14 digits: the span ends at `end`, give or take
+
+
+def test_a_lease_renewal_gives_up_before_the_lease_runs_out_when_redis_hangs(server):
+    """A renewal that waited for the 30 s socket timeout would land after a 60 s lease had run
+    out; the lease's own connection times out at a quarter of it, so the heartbeat tries again."""
+    import os
+    import signal
+    import time
+
+    import redis
+
+    client = connect(server.url)
+    client.flushdb()
+    store = JobStore(client)
+    lease = store.lease(job_in(store, Q), "w", ttl_s=2.0)
+    assert lease.acquire() and lease.renew()
+    os.kill(server.proc.pid, signal.SIGSTOP)  # the server hangs; its connections stay open
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            lease.renew()
+        waited = time.monotonic() - t0
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert waited < lease.ttl_s, waited
+    assert lease.renew()  # the server answers again, the lease still ours
