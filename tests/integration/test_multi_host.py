@@ -76,8 +76,10 @@ def test_two_replicas_two_workers_no_shared_disk(tmp_path, emoji_google_dir):
         killed_at = time.monotonic()
         published = st.store.get(job_id)["checkpoint_iteration"]
 
-        st.start_worker(home=home_a)  # host A has no checkpoint of its own
+        # host A has no checkpoint of its own: checked before its worker starts, since that
+        # worker may take the job over (and fetch the published one) before it reports ready
         assert not (home_a / "jobs" / job_id).exists()
+        st.start_worker(home=home_a)
         st.wait_job(job_id, lambda j: j["status"] == "running" and (j["resumed_from"] or 0) > 0,
                     timeout=240)
         log.info("job taken over %.1f s after its worker was killed", time.monotonic() - killed_at)
