@@ -14,21 +14,8 @@ from slt_stack import Stack
 
 from store.blobs import CHUNK_BYTES, RedisBlobs, S3Blobs, put_chunked
 from store.checkpoints import SharedCheckpoints
-from store.connection import EmbeddedRedis, connect
+from store.connection import connect
 from store.datasets import SharedDatasets, pack_folder
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    c.flushdb()
-    return c
 
 
 class Disconnecting(io.RawIOBase):

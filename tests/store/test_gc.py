@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from functools import cache
 
-import pytest
 from s3_faults import faulty_s3  # noqa: F401 (a fixture)
 
 from store.blobs import RedisBlobs, S3Blobs
 from store.catalog import SharedCatalog
 from store.checkpoints import SharedCheckpoints
-from store.connection import EmbeddedRedis, connect
+from store.connection import connect
 from store.datasets import SharedDatasets
 from store.domains import DomainRegistry
 from store.gc import collect_blobs
@@ -26,19 +25,6 @@ from trainer.masks import MaskCatalog
 from trainer.search import config_from, random_mask
 
 G = 10.0  # the shortened grace
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    c.flushall()
-    return c
 
 
 @cache  # a mask takes seconds to make

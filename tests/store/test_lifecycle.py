@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from store.connection import EmbeddedRedis, connect
+from store.connection import connect
 from store.jobs import JobStore
 from store.lifecycle import (
     ACTIVE,
@@ -41,12 +41,6 @@ EXPECTED: dict[tuple[str, str], str] = {
     (R, "expire"): F,
 }
 PAIRS = [(s.value, e.value) for s in Status for e in Event]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from slt_stack import copy_images
 from store.blobs import BlobError, RedisBlobs, get_chunked, put_chunked
 from store.catalog import SharedCatalog
 from store.checkpoints import SharedCheckpoints
-from store.connection import EmbeddedRedis, connect
 from store.datasets import SharedDatasets
 from store.domains import CHANNEL, DomainRegistry
 from store.gc import collect_blobs
@@ -24,19 +23,6 @@ from trainer.data import open_dataset
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog, MaskError
 from trainer.search import config_from, random_mask
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    c.flushdb()
-    return c
 
 
 def mask_bytes(seed: int) -> bytes:

@@ -9,23 +9,9 @@ from s3_faults import faulty_s3  # noqa: F401 (a fixture)
 
 from store.blobs import S3Blobs
 from store.checkpoints import SharedCheckpoints
-from store.connection import EmbeddedRedis, connect
 from store.datasets import SharedDatasets
 from store.faults import StoreUnavailable
 from store.moments import SharedMoments
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    c.flushdb()
-    return c
 
 
 def published_checkpoint(client, blobs, tmp_path, data: bytes) -> SharedCheckpoints:

@@ -12,25 +12,11 @@ import pytest
 
 from store.blobs import RedisBlobs
 from store.catalog import INDEX, DeletedMask, SharedCatalog, UnindexedMask
-from store.connection import EmbeddedRedis, connect
 from store.domains import DomainRegistry
 from store.settings import SharedSettings
 from trainer.generator import BaseSpec
 from trainer.masks import MaskCatalog
 from trainer.search import config_from, random_mask
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    c.flushdb()
-    return c
 
 
 def mask_bytes(seed: int) -> bytes:
