@@ -14,7 +14,6 @@ from live_server import THREADS, make_mask, reference, settings_for
 
 from service.errors import Saturated, UnknownDomain, UnknownMask
 from service.state import AppState
-from store.connection import EmbeddedRedis
 from trainer.generator import latents
 from trainer.masks import ForeignMaskError, MaskError
 
@@ -47,12 +46,6 @@ class Running:
         self.run(self.state.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,6 @@ DOMAINS = {"alpha": (0.5, 1), "beta": (0.3, 2), "gamma": (0.7, 3)}  # name -> (k
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory, redis_url):
     with LiveServer(settings_for(tmp_path_factory.mktemp("home"), redis_url,
                                  batch_window_ms=20)) as srv:

@@ -9,19 +9,11 @@ import re
 import pytest
 from live_server import TOKEN, LiveServer, make_mask, settings_for
 
-from store.connection import EmbeddedRedis
-
 READ_TOKEN = "test-read-token"
 OPEN = {"/healthz", "/readyz"}  # probes: load balancers and orchestrators carry no token
 # the dashboard's page and files hold no secret (the page asks for a token); FastAPI's own docs
 # show the schema only
 PAGES = {"/admin", "/admin/static/{name}", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
-        yield r.url
 
 
 @pytest.fixture(scope="module")
