@@ -61,9 +61,6 @@ class BlobStore(Protocol):
     def put_claim(self, deployment: str, claim: dict) -> None: ...
 
 
-sha256 = sha256_bytes  # a blob's id
-
-
 @contextmanager
 def unavailable_if_transient(what: str) -> Iterator[None]:
     """Re-raise a transient store fault met inside as StoreUnavailable (chained); anything
@@ -96,7 +93,7 @@ class RedisBlobs:
         self._delete_if = client.register_script(_DELETE_IF_UNPUT)
 
     def put(self, data: bytes) -> str:
-        blob_id = sha256(data)
+        blob_id = sha256_bytes(data)
         with self.r.pipeline() as p:  # one transaction: a blob never exists unmarked
             p.set(REDIS_PREFIX + blob_id, data, nx=True)
             p.hset(REDIS_MARKS, blob_id, self.clock())
@@ -108,7 +105,7 @@ class RedisBlobs:
             data = self.r.get(REDIS_PREFIX + blob_id)
             if data is None:
                 data = self.r.get(LEGACY_MASK_PREFIX + blob_id)
-        if data is None or sha256(data) != blob_id:
+        if data is None or sha256_bytes(data) != blob_id:
             return None
         return data
 
@@ -175,7 +172,7 @@ class S3Blobs:
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}))
 
     def put(self, data: bytes) -> str:
-        blob_id = sha256(data)
+        blob_id = sha256_bytes(data)
         key = self.prefix + blob_id
         if self.exists(blob_id):
             # refresh the mark; server-side, no bytes travel
@@ -196,7 +193,7 @@ class S3Blobs:
                 if _s3_code(e) in ("NoSuchKey", "404"):
                     return None
                 raise
-        return data if sha256(data) == blob_id else None
+        return data if sha256_bytes(data) == blob_id else None
 
     def delete(self, blob_id: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + blob_id)

@@ -132,11 +132,6 @@ class SharedSettings(TrainerSettings):
 
 
     @property
-    def trainer(self) -> TrainerSettings:
-        """What the trainer's functions take: these settings are theirs too."""
-        return self
-
-    @property
     def redis_dir(self) -> Path:
         return self.home / "redis"
 
