@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors, openapi
+from service.admission import Admission
 from service.auth import require_reader
 from service.routers import admin, datasets, domains, generate, health, jobs, masks
 from service.settings import Settings, get_settings
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     for r in (generate, domains, masks, jobs, datasets, health):
         app.include_router(r.router, dependencies=[Depends(require_reader)])
+    app.add_middleware(Admission)  # the early 429: a refusal must cost next to nothing
     openapi.install(app)  # error bodies and configured bounds as the app really has them
     errors.install(app)  # each domain and store error -> its one HTTP answer
 

@@ -4,7 +4,13 @@ round robin weighted by images: each step every waiting mask is offered an equal
 one leaves unused goes to the others, and the next step starts after the last mask served. So
 a flood on one domain cannot starve another (a light domain's request waits about one step,
 not behind the whole flood), and each mask's share still runs as one group. Also queues
-warm-ups (weights to build while idle) and lets maintenance hold the inference loop."""
+warm-ups (weights to build while idle) and lets maintenance hold the inference loop.
+
+Admission is by the estimated wait, not the queue's length: a request is refused (Saturated,
+429 with Retry-After) when the images ahead of it and its own, at the measured seconds per
+image over the lanes that run passes at once, would not be done within `max_wait_s`. So the
+bound means the same latency at every width and device, and a refusal is one comparison.
+`queue_limit` stays as the memory bound (images held for waiting requests)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -35,8 +41,13 @@ class Request:
     future: concurrent.futures.Future
     images: np.ndarray  # uint8 [n,H,W,3], filled chunk by chunk
     enqueued: float = field(default_factory=time.monotonic)
-    taken: int = 0  # images handed to a step
+    taken: int = 0  # images 0..taken-1 were handed to a step
+    back: list[tuple[int, int]] = field(default_factory=list)  # (first, count) steps gave back
     done: int = 0  # images written
+
+    @property
+    def untaken(self) -> int:
+        return self.n - self.taken + sum(c for _, c in self.back)
 
 
 Chunk = tuple[Request, int, int]  # (request, first index, count)
@@ -46,8 +57,10 @@ class Batcher:
     """A bounded queue of `Request`s and the inference loop's source of work."""
 
     def __init__(self, queue_limit: int, max_batch: int, window_s: float,
-                 metrics: ServingMetrics | None = None):
+                 metrics: ServingMetrics | None = None, max_wait_s: float = 0.0, lanes: int = 1):
         self.queue_limit, self.max_batch, self.window_s = queue_limit, max(1, max_batch), window_s
+        self.max_wait_s = max_wait_s  # 0: no bound on the estimated wait
+        self.lanes = max(1, lanes)  # passes that run at once
         self.metrics = metrics
         self._cond = threading.Condition()  # an RLock inside: take() may be called holding it
         self._queue: deque[Request] = deque()
@@ -55,23 +68,26 @@ class Batcher:
         self._warm: deque[MaskFile] = deque()
         self._held = 0
         self._stopped = False
-        self._rate = 0.0  # images/s, moving average, for Retry-After
+        self._per_image = 0.0  # seconds of one lane per image, moving average (0: none measured)
         self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
                shape: tuple[int, int, int] = (64, 64, 3)) -> concurrent.futures.Future:
-        """Queue a request; the future gives uint8 [n,*shape]. Saturated when the queue is full
-        (an empty queue takes any request, so n > queue_limit is slow, never impossible)."""
+        """Queue a request; the future gives uint8 [n,*shape]. Saturated when it could not start
+        in time or the queue is full (an empty queue takes any request, so a request larger
+        than either bound is slow, never impossible)."""
+        retry = self.refusal(n)  # the cheap early answer, before anything is allocated
+        if retry is not None:
+            self._refused(retry, n)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8))
         with self._cond:
             if self._stopped:
                 raise NotRunning("the generator is not running")
-            if self._queued and self._queued + n > self.queue_limit:
-                if self.metrics is not None:
-                    self.metrics.rejected.inc()
-                raise Saturated(self._retry_after_locked())
+            retry = self.refusal(n)  # again, holding the lock: the answer of record
+            if retry is not None:
+                self._refused(retry, n)
             self._queue.append(req)
             self._queued += n
             self._gauge_locked()
@@ -108,10 +124,11 @@ class Batcher:
             live = [r for r in self._queue if not r.future.cancelled()]
             for r in self._queue:
                 if r.future.cancelled():
-                    self._queued -= r.n - r.taken
+                    self._queued -= r.untaken
+                    r.taken, r.back = r.n, []
             waiting: dict[str, list[Request]] = {}
             for r in live:
-                if r.taken < r.n:
+                if r.untaken:
                     waiting.setdefault(r.mask_id, []).append(r)
             # round-robin order: masks already waiting keep their turn, new ones join the end
             self._turn = deque([m for m in self._turn if m in waiting]
@@ -126,18 +143,20 @@ class Batcher:
                         continue
                     allowance = self._deficit.get(mask_id, 0) + quantum
                     for r in waiting[mask_id]:
-                        if allowance == 0 or cap == 0:
-                            break
-                        c = min(r.n - r.taken, allowance, cap)
-                        if c == 0:
-                            continue
-                        chunks.append((r, r.taken, c))
-                        r.taken += c
-                        allowance -= c
-                        cap -= c
-                        self._queued -= c
+                        while allowance and cap and r.untaken:
+                            if r.back:  # what a step gave back first, in order
+                                start, count = r.back[0]
+                                c = min(count, allowance, cap)
+                                r.back[0:1] = [(start + c, count - c)] if c < count else []
+                            else:
+                                start, c = r.taken, min(r.n - r.taken, allowance, cap)
+                                r.taken += c
+                            chunks.append((r, start, c))
+                            allowance -= c
+                            cap -= c
+                            self._queued -= c
                     served.append(mask_id)
-                    if all(r.taken == r.n for r in waiting[mask_id]):
+                    if not any(r.untaken for r in waiting[mask_id]):
                         del waiting[mask_id]
                         self._deficit.pop(mask_id, None)
                     else:
@@ -147,24 +166,25 @@ class Batcher:
                 while self._turn and self._turn[0] != last:
                     self._turn.rotate(-1)
                 self._turn.rotate(-1)
-            self._queue = deque(r for r in live if r.taken < r.n)
+            self._queue = deque(r for r in live if r.untaken)
             self._gauge_locked()
             return chunks
 
     def others_waiting(self, masks: set[str]) -> bool:
         """Whether a request of a mask outside `masks` waits: the running step should yield."""
         with self._cond:
-            return any(r.mask_id not in masks and r.taken < r.n and not r.future.cancelled()
+            return any(r.mask_id not in masks and r.untaken and not r.future.cancelled()
                        for r in self._queue)
 
     def give_back(self, chunks: list[Chunk]) -> None:
-        """Return chunks a step took but did not run (each the tail of its request's taken
-        images), so the next take() shares them out again; their requests keep their place."""
+        """Return chunks a step took but did not run, so the next take() shares them out again
+        (before the request's untaken images); their requests keep their place. Another lane
+        may hold other chunks of the same request meanwhile: only these ranges come back."""
         if not chunks:
             return
         with self._cond:
             for r, start, c in chunks:
-                r.taken = min(r.taken, start)
+                r.back = sorted([*r.back, (start, c)])
                 self._queued += c
             queued = set(map(id, self._queue))
             back = {id(r): r for r, _, _ in chunks if id(r) not in queued}
@@ -172,12 +192,40 @@ class Batcher:
             self._gauge_locked()
             self._cond.notify_all()
 
+    def written(self, r: Request, count: int) -> bool:
+        """`count` of r's images are written (by any lane); True once all of them are."""
+        with self._cond:
+            r.done += count
+            return r.done == r.n
+
     def record(self, images: int, seconds: float) -> None:
-        """A step's throughput, for the Retry-After estimate."""
+        """One forward pass's time (weights already built), for the wait estimate."""
         if images and seconds > 0:
+            per = seconds / images
             with self._cond:
-                rate = images / seconds
-                self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
+                self._per_image = 0.8 * self._per_image + 0.2 * per if self._per_image else per
+
+    def estimated_wait(self, n: int = 0) -> float:
+        """Seconds until the queue's images and `n` more are done, at the measured rate."""
+        return (self._queued + n) * self._per_image / self.lanes
+
+    def refusal(self, n: int) -> int | None:
+        """None if a request of `n` images is admitted now, else its Retry-After in seconds.
+        Reads two numbers without the lock: cheap enough to answer a flood (service.admission)."""
+        queued, per = self._queued, self._per_image
+        if not queued:
+            return None
+        if queued + n > self.queue_limit:
+            return self._retry_after(queued * per / self.lanes)
+        if self.max_wait_s <= 0 or per <= 0:
+            return None
+        wait = (queued + n) * per / self.lanes
+        if wait <= self.max_wait_s:
+            return None
+        # when the wait falls to the bound; a request larger than the bound waits for an empty queue
+        alone = n * per / self.lanes
+        return self._retry_after(wait - self.max_wait_s if alone <= self.max_wait_s
+                                 else queued * per / self.lanes)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -205,9 +253,15 @@ class Batcher:
         with self._cond:
             return self._queued
 
-    def _retry_after_locked(self) -> int:
-        rate = self._rate or 1.0
-        return int(min(60, max(1, math.ceil(self._queued / rate))))
+    def _refused(self, retry_after: int, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.inc()
+        raise Saturated(retry_after, self.estimated_wait(n))
+
+    @staticmethod
+    def _retry_after(seconds: float) -> int:
+        """Whole seconds (HTTP's Retry-After), at least 1, at most a minute."""
+        return int(min(60, max(1, math.ceil(seconds))))
 
     def _gauge_locked(self) -> None:
         if self.metrics is not None:

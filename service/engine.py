@@ -6,8 +6,14 @@
 - The hot masks' weights (base x mask, plus the mask's BatchNorm statistics) live on the
   device in an LRU cache bounded in bytes; pinned domains are never evicted. A forward pass is
   `functional_call(base, weights, z)`, so switching domains is choosing a dict.
-- One inference thread takes steps from the queue, runs each mask's group and resolves the
-  requests' futures; when idle it builds the weights of a hot domain's newly promoted mask.
+- Inference lanes (threads; one on CUDA, `SLT_TORCH_THREADS` or the machine's cores on a CPU)
+  each take steps from the queue, run each mask's group and resolve the requests' futures; when
+  idle they build the weights of a hot domain's newly promoted mask. On a CPU every forward pass
+  runs on one thread (PyTorch's intra-op count is 1) and parallelism is passes side by side:
+  small convolutions split over threads spend their time in barriers (and far worse when the
+  cores are shared with a search or the HTTP loop), and a split reduction rounds differently at
+  each thread count, so pixels would depend on the replica's machine. One thread per pass gives
+  the same bytes from every CPU replica, whatever its core count.
 - Image i of seed s is made from `latents(s, i)` with BN in eval mode, and never in a batch of 1
   (PyTorch's CPU convolutions round differently there), so it never depends on its batch.
 """
@@ -15,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
+import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,7 +146,8 @@ class Engine:
             self.metrics.watch_jobs(job_counts)
         self.spec = settings.base_spec
         self.device = torch.device(resolve_device(settings.device))
-        self.threads = settings.torch_threads or torch.get_num_threads()
+        # passes that run at once: one stream of kernels on CUDA; a pass per core on a CPU
+        self.lanes = 1 if self.device.type == "cuda" else (settings.torch_threads or _cores())
         self.max_batch = max(1, settings.max_batch)
         # CUDA passes are always max_batch wide (fixed kernels), so slicing buys nothing there
         self.slice_images = (self.max_batch if self.device.type == "cuda" or not settings.step_slice_images
@@ -157,27 +166,36 @@ class Engine:
         catalog.protected = self.masks_in_use
         self._republishing = threading.Lock()
         self.batcher = Batcher(settings.queue_limit, self.max_batch,
-                               max(0.0, settings.batch_window_ms) / 1000.0, self.metrics)
+                               max(0.0, settings.batch_window_ms) / 1000.0, self.metrics,
+                               max_wait_s=max(0.0, settings.max_wait_ms) / 1000.0, lanes=self.lanes)
         self._cache = WeightCache(settings.device_cache_bytes)
         self._spare: dict[str, torch.Tensor] | None = None  # an evicted entry's buffers, reused
+        self._build = threading.Lock()  # one cold build at a time (it may reuse `_spare`)
+        self._in_use: Counter[str] = Counter()  # masks of the steps the lanes run: never evicted
+        self._in_use_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.intra_op_threads: set[int] = set()  # as each lane set it (the test of the claim)
         self._probe: asyncio.Task | None = None
         self.base_ready = False
         self.generated_ok = False
 
     # lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def threads(self) -> int:
+        """Threads that run forward passes (the lanes)."""
+        return self.lanes
+
     async def start(self) -> None:
-        # a fixed thread count: PyTorch's CPU kernels split reductions by thread, so outputs
-        # are only reproducible at one count
-        torch.set_num_threads(self.threads)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         await asyncio.to_thread(self._build_base)
-        self._thread = threading.Thread(target=self._infer_loop, name="slt-infer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._infer_loop, args=(i,), name=f"slt-infer-{i}",
+                                          daemon=True) for i in range(self.lanes)]
+        for t in self._threads:
+            t.start()
         self.mirror.start()
         self._probe = asyncio.create_task(self._first_generation())
 
@@ -187,8 +205,8 @@ class Engine:
             _fail(req.future, NotRunning("the service is shutting down"))
         if self._probe is not None:
             self._probe.cancel()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
+        for t in self._threads:
+            await asyncio.to_thread(t.join, 30)
         await asyncio.to_thread(self.mirror.stop)
 
     def _build_base(self) -> None:
@@ -199,10 +217,14 @@ class Engine:
         if base_sha256(base) != sha:  # the copy to the device must be exact
             raise RuntimeError(f"base changed when moved to {self.device}")
         self.base, self.base_sha = base, sha
+        # functional_call swaps a module's tensors while it runs, so each lane has its own
+        # module: the same structure over the same (shared, frozen) tensors
+        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
+        self._lane_modules = [copy.deepcopy(base, memo=dict(shared)) for _ in range(self.lanes + 1)]
         self._params = dict(base.named_parameters())
         self.base_ready = True
-        log.info("base %s built on %s in %.2f s: base_sha256=%s, %d torch threads",
-                 self.spec.to_json(), self.device, time.monotonic() - t0, sha, self.threads)
+        log.info("base %s built on %s in %.2f s: base_sha256=%s, %d inference lanes",
+                 self.spec.to_json(), self.device, time.monotonic() - t0, sha, self.lanes)
 
     async def _first_generation(self) -> None:
         """Readiness: one real generation through the whole path (a domain if one exists)."""
@@ -326,7 +348,7 @@ class Engine:
     def stats(self) -> dict:
         """Serving state in numbers, for /readyz and the benchmark."""
         return {"base_sha256": self.base_sha, "device": str(self.device),
-                "torch_threads": self.threads, "masks_in_ram": len(self.masks),
+                "torch_threads": self.lanes, "intra_op_threads": 1, "masks_in_ram": len(self.masks),
                 "masks_ram_bytes": self.masks.bytes, "masks_ram_budget": self.masks.budget,
                 "resident_masks": len(self._cache), "resident_bytes": self._cache.bytes,
                 "queue_images": self.batcher.depth(), "domains_known": self.mirror.known()}
@@ -400,8 +422,12 @@ class Engine:
 
     # inference ---------------------------------------------------------------------------
 
-    def _infer_loop(self) -> None:
-        torch.set_num_threads(self.threads)
+    def _infer_loop(self, index: int = 0) -> None:
+        _lane.index = index
+        # one intra-op thread in each lane: the served arithmetic is the same at every core
+        # count (module docstring); set here, in the thread, as PyTorch keeps it per thread
+        torch.set_num_threads(1)
+        self.intra_op_threads.add(torch.get_num_threads())
         while True:
             work = self.batcher.next_work()
             if work is None:
@@ -416,7 +442,23 @@ class Engine:
                 log.exception("inference %s failed", kind)
 
     def _keep(self) -> set[str]:
-        return self.mirror.pinned_masks()
+        """Masks whose weights must stay: pinned domains, and every step a lane is running."""
+        with self._in_use_lock:
+            busy = set(self._in_use)
+        return self.mirror.pinned_masks() | busy
+
+    @contextmanager
+    def _running(self, masks: set[str]) -> Iterator[None]:
+        with self._in_use_lock:
+            self._in_use.update(masks)
+        try:
+            yield
+        finally:
+            with self._in_use_lock:
+                self._in_use.subtract(masks)
+                for m in masks:
+                    if self._in_use[m] <= 0:
+                        del self._in_use[m]
 
     def _step(self, chunks: list[Chunk]) -> None:
         """Run a step's chunks by mask, the smallest group first (a light domain's request is
@@ -425,11 +467,14 @@ class Engine:
         the chunks not yet run go back to the batcher, so it waits one pass, not a whole step."""
         if not chunks:
             return
-        t0 = time.perf_counter()
         groups: dict[str, list[Chunk]] = {}
         for c in chunks:
             groups.setdefault(c[0].mask_id, []).append(c)
-        keep = self._keep() | set(groups)
+        with self._running(set(groups)):
+            self._run_passes(groups)
+
+    def _run_passes(self, groups: dict[str, list[Chunk]]) -> None:
+        t0 = time.perf_counter()
         passes = [(mask_id, part) for mask_id, group in
                   sorted(groups.items(), key=lambda kv: sum(c for _, _, c in kv[1]))
                   for part in _slices(group, self.slice_images)]
@@ -439,9 +484,11 @@ class Engine:
                 self.batcher.give_back([c for _, rest in passes[i:] for c in rest])
                 break
             try:
-                weights = self._weights(mask_id, keep, part[0][0].mask)
+                weights = self._weights(mask_id, self._keep(), part[0][0].mask)
                 z = torch.cat([latents(r.seed, start, c, self.spec.nz) for r, start, c in part])
+                t_pass = time.perf_counter()
                 images = to_uint8(self._forward(weights, z))
+                self.batcher.record(len(z), time.perf_counter() - t_pass)
             except Exception as e:
                 log.exception("generation failed for mask %s", mask_id[:12] or "base")
                 for r, _, _ in part:
@@ -451,15 +498,12 @@ class Engine:
             for r, start, c in part:
                 r.images[start:start + c] = images[off:off + c]
                 off += c
-                r.done += c
-                if r.done == r.n:
+                if self.batcher.written(r, c):
                     _resolve(r.future, r.images)
             total += off
-        dt = time.perf_counter() - t0
-        self.metrics.step_seconds.observe(dt)
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_images.observe(total)
         self.metrics.batch_domains.observe(len(groups))
-        self.batcher.record(total, dt)
 
     def _forward(self, weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         """Run the base with `weights` on z [b,nz]; never at batch 1 (see module docstring).
@@ -468,9 +512,20 @@ class Engine:
         size = max(2, self.max_batch, b) if self.device.type == "cuda" else max(2, b)
         if size > b:
             z = torch.cat([z, z[:1].expand(size - b, -1)])
-        with torch.inference_mode():
-            x = functional_call(self.base, weights, (z.to(self.device),))
+        before = torch.get_num_threads()
+        if before != 1:  # a caller outside the lanes (maintenance, tests): the same arithmetic
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                x = functional_call(self._module(), weights, (z.to(self.device),))
+        finally:
+            if before != 1:
+                torch.set_num_threads(before)
         return x[:b]
+
+    def _module(self) -> torch.nn.Module:
+        """This lane's module (the last one for a caller outside the lanes)."""
+        return self._lane_modules[getattr(_lane, "index", self.lanes)]
 
     def _weights(self, mask_id: str, keep: set[str],
                  mask: MaskFile | None = None) -> dict[str, torch.Tensor]:
@@ -482,8 +537,16 @@ class Engine:
         if weights is not None:
             self.metrics.cache_hits.inc()
             return weights
-        self.metrics.cache_misses.inc()
         mask = mask or self.masks.get(mask_id)
+        with self._build:  # another lane may have built it meanwhile
+            weights = self._cache.get(mask_id)
+            if weights is not None:
+                self.metrics.cache_hits.inc()
+                return weights
+            return self._build_cold(mask_id, keep | self._keep(), mask)
+
+    def _build_cold(self, mask_id: str, keep: set[str], mask: MaskFile) -> dict[str, torch.Tensor]:
+        self.metrics.cache_misses.inc()
         t0 = time.perf_counter()
         spare, self._spare = self._spare, None
         weights = self.build_weights(mask, out=spare)
@@ -521,6 +584,17 @@ class Engine:
         for name, v in mask.bn.items():
             out[name] = torch.from_numpy(v).to(self.device, torch.float32)
         return out
+
+
+_lane = threading.local()  # .index: which lane this thread is
+
+
+def _cores() -> int:
+    """CPUs this process may run on (a container's or taskset's, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _slices(group: list[Chunk], size: int) -> list[list[Chunk]]:

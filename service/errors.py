@@ -79,11 +79,13 @@ class InUse(EngineError):
 
 
 class Saturated(EngineError):
-    """The generation queue is full (429)."""
+    """A request that could not start within SLT_MAX_WAIT_MS, or a full queue (429)."""
 
-    def __init__(self, retry_after: int):
-        super().__init__(f"generation queue is full; retry in {retry_after} s")
+    def __init__(self, retry_after: int, wait_s: float = 0.0):
+        super().__init__(f"the generator is saturated: this request would wait about "
+                         f"{wait_s:.1f} s in the queue; retry in {retry_after} s")
         self.retry_after = retry_after
+        self.wait_s = wait_s
 
 
 class NotRunning(EngineError):

@@ -21,7 +21,10 @@ class Settings(SharedSettings):
     workers: int = Field(1, ge=0, le=64)  # worker processes `make run` starts (each runs one job)
     # serving
     max_n: int = 64  # images per /generate request
-    queue_limit: int = 256  # queued images before 429
+    queue_limit: int = 1024  # queued images held at most (memory); 429 beyond
+    # admission: a request whose estimated wait (queued images x measured seconds per image /
+    # lanes) exceeds this gets 429 with Retry-After at once (0: only queue_limit bounds it)
+    max_wait_ms: float = Field(1000.0, ge=0)
     batch_window_ms: float = 5.0
     max_batch: int = 32
     # CPU forward passes of at most this many images; between passes a newly waiting domain
@@ -29,7 +32,9 @@ class Settings(SharedSettings):
     step_slice_images: int = Field(4, ge=0)
     device_cache_bytes: int = 2 << 30  # masked weights resident on the device
     mask_ram_bytes: int = Field(256 << 20, ge=0)  # packed masks held in RAM (an LRU), loaded on demand
-    torch_threads: int = 0  # CPU threads of the generator; 0: PyTorch's default for this machine
+    # CPU inference lanes: forward passes run side by side, each on one thread (0: this
+    # process's cores). Pixels do not depend on it: every pass is single-threaded
+    torch_threads: int = Field(0, ge=0, le=256)
     # uploads
     max_upload_bytes: int = 512 << 20
     max_unpacked_bytes: int = 2 << 30

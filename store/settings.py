@@ -121,6 +121,10 @@ class SharedSettings(TrainerSettings):
     # the most a host's $SLT_HOME/masks may take; least recently used files the shared store holds
     # are evicted (never one only this host has; masks its domains serve or pin last); 0: unbounded
     mask_disk_bytes: int = Field(8 << 30, ge=0)
+    # ---- serving first on a shared host (issue 23)
+    # a worker lowers its own CPU priority by this (nice): on a host that also serves, a search
+    # takes the cores serving leaves idle instead of halving its throughput (0: equal footing)
+    search_nice: int = Field(10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _redis_password(self) -> SharedSettings:

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         from store.connection import local_redis
 
         url, embedded = local_redis(settings.redis_dir)
+    if settings.search_nice:  # after Redis starts (it keeps its priority); PyTorch's pool inherits it
+        os.nice(settings.search_nice)
     from worker.app import app, celery_config
 
     app.conf.update(celery_config(url, settings.redis_socket_timeout_s))

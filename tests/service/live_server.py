@@ -27,7 +27,7 @@ from trainer.ticket import build_ticket, generate, grid
 
 TINY = "width=0.0625"  # channels 64..4: a full forward pass takes milliseconds
 TOKEN = "test-admin-token"
-THREADS = 2  # the server and the reference both run at this torch thread count
+THREADS = 2  # the server's inference lanes; each forward pass runs on one thread
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,9 +39,10 @@ def make_mask(k: float = 0.5, seed: int = 0, domain: str = "", base: str = TINY)
 
 
 def reference(mask_bytes: bytes, seed: int, n: int, base: str = TINY) -> np.ndarray:
-    """The independent reference: the trainer's ticket (base x mask, eval BN) and generate()."""
+    """The independent reference: the trainer's ticket (base x mask, eval BN) and generate(),
+    on one thread, as the service documents its arithmetic (service/engine.py)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(1)
     try:
         g = build_ticket(decode_mask(mask_bytes), spec=parse_base(base))
         return generate(g, seed, n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from service.batcher import Batcher
+from service.errors import Saturated
 
 
 def steps_until(b: Batcher, done, cap: int = 32, limit: int = 1000) -> list[list]:
@@ -62,3 +63,73 @@ def test_a_lone_domain_still_gets_full_steps():
     for i in range(10):
         b.submit("only", None, seed=i, n=5)
     assert [sum(c for _, _, c in s) for s in steps_until(b, lambda: b.depth() == 0)] == [32, 18]
+
+
+# two lanes --------------------------------------------------------------------------
+
+
+def test_chunks_given_back_by_one_lane_never_repeat_what_another_lane_holds():
+    """Lane A takes a request's first images, lane B its next; A gives its chunk back: the
+    next take hands out exactly A's images again, never B's (each image made once)."""
+    b = Batcher(queue_limit=10_000, max_batch=32, window_s=0)
+    b.submit("a", None, seed=0, n=6)
+    lane_a = b.take(4)
+    r = lane_a[0][0]
+    lane_b = b.take(2)
+    assert [(s, c) for _, s, c in lane_a] == [(0, 4)] and [(s, c) for _, s, c in lane_b] == [(4, 2)]
+    b.give_back(lane_a)
+    again = b.take(32)
+    assert [(s, c) for _, s, c in again] == [(0, 4)] and b.depth() == 0
+    assert not b.written(r, 2)  # lane B's two
+    assert b.written(r, 4)  # and A's four again: all six, each once
+
+
+# admission by the estimated wait ------------------------------------------------------
+
+
+def expected_retry(queued: int, n: int, per_image: float, lanes: int, bound: float) -> int | None:
+    """From the definition (docs/OPERATIONS.md, SLT_MAX_WAIT_MS): admitted when the queue is
+    empty or (queued + n) images take at most `bound` at `per_image` seconds over `lanes`;
+    otherwise retry when the wait would fall to the bound (a request larger than the bound:
+    when the queue ahead is done), in whole seconds, 1 to 60."""
+    import math
+
+    if queued == 0 or (queued + n) * per_image / lanes <= bound:
+        return None
+    if n * per_image / lanes <= bound:
+        left = (queued + n) * per_image / lanes - bound
+    else:
+        left = queued * per_image / lanes
+    return min(60, max(1, math.ceil(left)))
+
+
+def test_refusal_follows_the_estimated_wait_not_the_queue_length():
+    for per_image, lanes, bound, queued, n in [(0.01, 2, 1.0, 150, 1), (0.01, 2, 1.0, 250, 1),
+                                               (0.1, 1, 2.0, 30, 4), (0.05, 4, 0.5, 300, 64),
+                                               (0.5, 2, 1.0, 10, 8), (0.2, 1, 1.0, 2, 20)]:
+        b = Batcher(queue_limit=100_000, max_batch=32, window_s=0, lanes=lanes)
+        b.record(10, 10 * per_image)  # one measured pass sets the rate
+        for i in range(queued):  # filled before the bound applies
+            b.submit("a", None, seed=i, n=1)
+        b.max_wait_s = bound
+        want = expected_retry(queued, n, per_image, lanes, bound)
+        assert b.refusal(n) == want, (per_image, lanes, bound, queued, n)
+        if want is None:
+            b.submit("a", None, seed=-1, n=n)
+        else:
+            try:
+                b.submit("a", None, seed=-1, n=n)
+            except Saturated as e:
+                assert e.retry_after == want and e.wait_s > bound
+            else:
+                raise AssertionError("admitted past the bound")
+
+
+def test_nothing_is_refused_before_a_pass_is_measured_or_with_an_empty_queue():
+    b = Batcher(queue_limit=100_000, max_batch=32, window_s=0, max_wait_s=0.001)
+    for i in range(500):  # no pass measured yet: no estimate to refuse by
+        b.submit("a", None, seed=i, n=1)
+    b.record(1, 10.0)
+    assert b.refusal(1) is not None
+    b.take(100_000)  # the queue handed out: a request of any size starts at once
+    assert b.refusal(4096) is None

@@ -74,9 +74,14 @@ def _add(state: AppState, data: bytes, domain: str | None = None) -> str:
     return mid(data)
 
 
-def test_thread_count_is_fixed(running):
-    r = running(torch_threads=THREADS)
-    assert r.engine.threads == THREADS == torch.get_num_threads()
+def test_lanes_run_passes_on_one_thread_each(tmp_path, redis_url):
+    before = torch.get_num_threads()
+    r = Running(settings_for(tmp_path, redis_url, torch_threads=3))
+    assert r.engine.lanes == 3 and r.engine.intra_op_threads == {1}
+    assert sorted(t.name for t in threading.enumerate() if t.name.startswith("slt-infer")) == [
+        "slt-infer-0", "slt-infer-1", "slt-infer-2"]
+    r.close()
+    assert torch.get_num_threads() == before  # the caller's own count untouched
 
 
 def test_image_never_depends_on_its_batch(running, masks):

@@ -325,6 +325,32 @@ def test_saturated_queue_is_429_with_retry_after(tmp_path, redis_url, masks):
         assert "slt_generate_rejected_total 1.0" in c.get("/metrics").text
 
 
+def test_a_request_that_cannot_start_in_time_is_429_at_once(tmp_path, redis_url, masks):
+    """SLT_MAX_WAIT_MS bounds the estimated wait: held work ahead that would take longer than
+    the bound refuses a new request with Retry-After, answered before routing (an unknown
+    domain gets the same 429: nothing of the request was looked at but n)."""
+    settings = settings_for(tmp_path, redis_url, max_wait_ms=1, queue_limit=100_000)
+    with LiveServer(settings) as srv, srv.client() as c:
+        alpha = mask_id(masks["alpha"])
+        srv.engine.load_mask(alpha)
+        assert c.get("/generate", params={"domain": "alpha", "seed": 1}).status_code == 200
+        batcher = srv.engine.batcher
+        assert batcher.estimated_wait(1) > 0  # passes were measured
+        with srv.engine.hold():
+            held = srv.engine.submit(alpha, 5, 64)  # 64 images that cannot start
+            assert batcher.estimated_wait(1) > 0.001
+            r = c.get("/generate", params={"domain": "alpha", "n": 1, "seed": 2})
+            body = assert_error(r, 429)
+            assert int(r.headers["retry-after"]) == batcher.refusal(1) >= 1
+            assert "would wait" in body["detail"]
+            assert_error(c.get("/generate", params={"domain": "no-such-domain"}), 429)
+            assert_error(c.get("/generate", params={"domain": "alpha", "n": "two"}), 422)
+        assert held.result(60).shape[0] == 64
+        assert c.get("/generate", params={"domain": "alpha", "n": 2}).status_code == 200
+        rejected = re.search(r"^slt_generate_rejected_total (\S+)", c.get("/metrics").text, re.M)
+        assert float(rejected.group(1)) == 2.0
+
+
 def test_admin_routes_need_the_token(server, masks):
     body = {"mask_id": mask_id(masks["alpha"])}
     with server.client() as c:

@@ -1,0 +1,57 @@
+"""Refusing what cannot start in time, before the framework sees it.
+
+Under overload most requests are refusals, and a closed-loop client sends the next one at once:
+if a refusal cost what a request costs (routing, validation, dependencies, an exception turned
+into a response), answering them would take the cores generation needs. So `GET /generate` is
+checked here first, as plain ASGI: the query's `n`, the batcher's wait estimate (two numbers
+read without a lock), and a 429 with Retry-After written directly. What passes goes through the
+router, whose batcher makes the same check again under its lock (the answer of record).
+"""
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import Saturated
+
+PATH = "/generate"
+
+
+def _n(query: bytes) -> int | None:
+    """The request's image count as the route reads it (default 1); None if not a number, so
+    the route answers it (422)."""
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == "n":
+            return int(value) if value.isdigit() else None
+    return 1
+
+
+class Admission:
+    """ASGI middleware: the early 429 of `GET /generate` (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
+            engine = getattr(getattr(scope["app"].state, "core", None), "engine", None)
+            n = _n(scope.get("query_string", b""))
+            if engine is not None and n is not None:
+                batcher = engine.batcher
+                retry = batcher.refusal(n)
+                if retry is not None:
+                    await _refuse(send, retry, batcher.estimated_wait(n))
+                    if batcher.metrics is not None:
+                        batcher.metrics.rejected.inc()
+                    return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, retry_after: int, wait_s: float) -> None:
+    body = json.dumps({"detail": str(Saturated(retry_after, wait_s))}).encode()
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})
