@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from live_server import THREADS, make_mask, reference, settings_for
+from live_server import make_mask, reference, settings_for
 
 from service.errors import Saturated, UnknownDomain, UnknownMask
 from service.state import AppState
