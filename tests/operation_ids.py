@@ -31,4 +31,5 @@ EXPECTED = {
 # allowed, not required, until they are merged; then they move up into EXPECTED.
 ARRIVING = {
     ("GET", "/jobs/{job_id}/events"): "follow_job_events",
+    ("GET", "/interpolate"): "interpolate",
 }
