@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
@@ -155,7 +154,7 @@ def _card(catalog: SharedCatalog, mask_id: str, license: str) -> str:
 
 
 @router.get("/masks/{mask_id:mask_ref}/card", summary="The mask's model card (README.md of its bundle)",
-            response_class=PlainTextResponse,
+            response_class=Response,
             responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}},
                              "description": "Markdown with YAML front matter (Hugging Face Hub style)"},
                        **errors(404, 422, 503)})
