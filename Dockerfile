@@ -82,6 +82,7 @@ COPY trainer /opt/slt/app/trainer
 COPY store /opt/slt/app/store
 COPY worker /opt/slt/app/worker
 COPY service /opt/slt/app/service
+COPY slt /opt/slt/app/slt
 RUN python3 -m compileall -q /opt/slt/app && chmod 0755 /opt/slt/bin/*
 
 # ---- stage 3: the runtime image ------------------------------------------------------------

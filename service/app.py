@@ -9,6 +9,7 @@ import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors, openapi
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.core.stop()
 
     app = FastAPI(title="Strong lottery tickets: one random generator, a mask per domain",
-                  version="0.1.0", lifespan=lifespan)
+                  version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id)
     app.state.settings = settings
     # Probes are always open; the dashboard's page and static files hold no secret (the page asks
     # for a token). Everything else, reads included, needs a token where SLT_READ_TOKEN is set.
@@ -69,6 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operation id: the route function's name (`list_masks`, `submit_search`), what
+    a client calls, instead of FastAPI's default name + path + method (`submit_masks_post`)."""
+    return route.name
 
 
 def warn_about_store(client: redis.Redis) -> None:

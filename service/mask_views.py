@@ -42,6 +42,8 @@ def mask_view(entry: dict, base_sha: str, domains: list[str], resident: bool,
     evaluation = evaluation_by_split(entry.get("evaluation") or {})
     if evaluation:
         out["evaluation"] = evaluation
+    if entry.get("provenance"):
+        out["provenance"] = entry["provenance"]
     out["served"] = info.get("base_sha256") == base_sha and refusal is None
     out["resident"] = resident
     out["domains"] = sorted(domains)

@@ -43,6 +43,9 @@ class Settings(SharedSettings):
     # a private deployment: every route but /healthz and /readyz needs `Authorization: Bearer`
     # with this token or the admin token; unset, reads (GET) are public as before
     read_token: str | None = None
+    # ---- model cards (issue 24)
+    # the `license` of every mask's model card (GET /masks/{id}/card): a Hub license id or `other`
+    card_license: str = Field("unknown", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")
 
     @field_validator("default_preset")
     @classmethod

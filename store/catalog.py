@@ -64,6 +64,13 @@ class DeletedMask(KeyError):
         return self.message
 
 
+# How a mask was made (its job), written once, only for an indexed mask. KEYS: entry; ARGV: json.
+_PROVENANCE = """
+if redis.call('HEXISTS', KEYS[1], 'info') == 0 then return -1 end
+return redis.call('HSETNX', KEYS[1], 'provenance', ARGV[1])
+"""
+
+
 def _entry_key(mask_id: str) -> str:
     return f"slt:mask:{mask_id}"
 
@@ -74,6 +81,7 @@ def _entry(mask_id: str, raw: dict) -> dict | None:
         return None
     return {"mask_id": mask_id, "info": json.loads(raw[b"info"]),
             "evaluation": json.loads(raw[b"evaluation"]) if b"evaluation" in raw else {},
+            "provenance": json.loads(raw[b"provenance"]) if b"provenance" in raw else {},
             "bytes": int(raw.get(b"bytes", 0)), "added": float(raw.get(b"added", 0))}
 
 
@@ -190,6 +198,13 @@ class SharedCatalog:
         if fresh_file:
             self.bound_local(keep=mask.mask_id)
         return mask.mask_id, not new
+
+    def record_provenance(self, mask_id: str, provenance: dict) -> bool:
+        """Keep how the mask was made (the job that searched it: dataset name, request, config,
+        search time and device), which its file does not hold, for its model card. The first
+        record stays (a retried or second job finding the same bytes changes nothing); False
+        for a mask not indexed."""
+        return int(self.r.eval(_PROVENANCE, 1, _entry_key(mask_id), json.dumps(provenance))) == 1
 
     def record_evaluation(self, mask_id: str, by_split: dict) -> bool:
         """Merge `{split: metrics}` into the mask's evaluation (shared, and this host's sidecar).

@@ -109,6 +109,15 @@ class Context:
 
 
 @lru_cache(maxsize=1)
+def device_name(device: str) -> str:
+    """`cpu`, or `cuda:0 (NVIDIA H200)`: the device as a model card names it."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def worker_device(name: str, memory_fraction: float) -> str:
     """The search device; on a GPU the worker keeps to its share of memory, so the API serving
     on the same card never runs out."""
@@ -318,6 +327,7 @@ class SearchRun:
     def __init__(self, ctx: Context, job_id: str):
         self.ctx, self.job_id = ctx, job_id
         self.job_dir = ctx.settings.jobs_dir / job_id
+        self.searched: dict = {}  # this attempt's search: seconds and device (for the model card)
 
     def __call__(self) -> str:
         store, job_id = self.ctx.store, self.job_id
@@ -461,9 +471,11 @@ class SearchRun:
         self._sync_moments("pull", prefix)
         phases.enter("loading the feature extractor and real statistics")
         cfg = config_from_record(job["config"])
+        device = self.ctx.device
         res = search(BaseSpec.from_dict(job["base"]), cfg, ds, domain=job["domain"],
-                     device=self.ctx.device, progress=reporter, cancel=stop,
+                     device=device, progress=reporter, cancel=stop,
                      checkpoint=ckpt, resume=True, cache_dir=self.ctx.settings.cache_dir)
+        self.searched = {"search_seconds": round(res.seconds, 3), "device": device_name(device)}
         self._sync_moments("push", prefix)
         log.info("job %s: search done in %.1f s, final loss %.5g", self.job_id, res.seconds, res.final_loss)
         return res.data
@@ -504,6 +516,7 @@ class SearchRun:
         ctx = self.ctx
         # verified; this host's file, the blob and the shared index entry; idempotent
         mask_id, _ = ctx.catalog.publish(data)
+        ctx.catalog.record_provenance(mask_id, self._provenance(job))  # what its model card says
         # recorded before anything else, so a crash from here on finishes these steps again
         # instead of searching again
         if not ctx.store.update(lease, {"mask_id": mask_id}):
@@ -526,6 +539,13 @@ class SearchRun:
             ctx.app.send_task(EVALUATE_TASK, args=[mask_id, job["dataset"]], queue=QUEUE,
                               priority=LOW_PRIORITY)
         return SUCCEEDED
+
+    def _provenance(self, job: dict) -> dict:
+        """How this job made its mask: what the file does not say (the dataset's name, the
+        request, where and how long it searched)."""
+        return {"job_id": self.job_id, "domain": job["domain"], "dataset": job["dataset"],
+                "preset": job.get("preset"), "config": job["config"], "promote": job["promote"],
+                "attempts": job.get("attempts"), "finished": time.time(), **self.searched}
 
     def _promotion_guard(self, lease: Lease, mask_id: str):
         """The catalog's guard (the mask is live and indexed) plus the job's lease token, checked
@@ -587,6 +607,7 @@ def evaluate(ctx: Context, mask_id: str, dataset: str) -> dict | None:
         log.warning("evaluation of mask %s failed: %s; no metrics recorded", mask_id[:12], e)
         return None
     # keyed by split, as `python -m trainer evaluate --record` writes it (one sidecar format)
+    result["evaluated"] = time.time()  # when: the model card says so
     ctx.catalog.record_evaluation(mask_id, {result["split"]: result})
     log.info("mask %s evaluated on %s: %s", mask_id[:12], result["split"], result)
     return result

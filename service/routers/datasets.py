@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from service.auth import require_admin
-from service.datasets import list_datasets
+from service.datasets import list_datasets as local_datasets
 from service.deps import get_state
 from service.jobs import BROKER_ERRORS
 from service.openapi import ADMIN, errors
@@ -70,9 +70,9 @@ def _merged(local: list[dict], shared: list[dict]) -> list[dict]:
 
 @router.get("/datasets", response_model=list[Dataset], summary="The datasets searches can use",
             responses=errors(503))
-def get_datasets(state: AppState = Depends(get_state)) -> list[dict]:
+def list_datasets(state: AppState = Depends(get_state)) -> list[dict]:
     """This host's datasets plus those uploaded through any replica (the shared store)."""
-    return _merged(list_datasets(state.settings.datasets_dir), state.datasets.list())
+    return _merged(local_datasets(state.settings.datasets_dir), state.datasets.list())
 
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED, response_model=Dataset,

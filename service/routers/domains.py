@@ -91,7 +91,7 @@ def _update(engine: Engine, name: str, body: DomainUpdate) -> dict:
 @router.put("/domains/{name}", response_model=Domain, dependencies=[Depends(require_admin)],
             summary="Promote or roll back a domain's mask, or pin it (admin)",
             responses={**ADMIN, **errors(404, 409, 422, 503)})
-async def put_domain(body: DomainUpdate, name: str = DomainName,
+async def update_domain(body: DomainUpdate, name: str = DomainName,
                      engine: Engine = Depends(get_engine)) -> Domain:
     """The next /generate request on any replica uses the new mask; no restart. 404 for a
     mask not in the catalog (never imported, or deleted: the answer says which), or for

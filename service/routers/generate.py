@@ -95,7 +95,7 @@ def encode(gen: Generation, fmt: ImageFormat) -> tuple[bytes, str]:
                                             "schema": {"type": "integer"}}}},
                **errors(404, 409, 422, 429, 503)},
 )
-async def generate(
+async def generate_images(
     request: Request,
     domain: str = Query(..., pattern=DOMAIN_NAME.pattern, description="domain name (GET /domains)"),
     n: int = Query(1, ge=1, le=N_LIMIT, description="images, at most SLT_MAX_N (default 64); "

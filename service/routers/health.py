@@ -64,7 +64,7 @@ class Readiness(BaseModel):
 
 
 @probes.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-async def healthz() -> Health:
+async def get_liveness() -> Health:
     return Health(status="ok")
 
 
@@ -83,7 +83,7 @@ def _ping(client: redis.Redis) -> tuple[bool, MemoryPolicy | None]:
 
 @probes.get("/readyz", response_model=Readiness, responses=errors(503), description=READYZ,
             summary="Readiness: ready, degraded (Redis down, known domains served) or 503")
-async def readyz(request: Request):
+async def get_readiness(request: Request):
     core = getattr(request.app.state, "core", None)
     engine = getattr(core, "engine", None)
     reason = None
@@ -111,7 +111,7 @@ async def readyz(request: Request):
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                              "description": "Prometheus text format"}, **errors(503)})
-async def metrics(request: Request) -> Response:
+async def get_metrics(request: Request) -> Response:
     engine = getattr(getattr(request.app.state, "core", None), "engine", None)
     if engine is None:
         return JSONResponse({"detail": "starting"}, status.HTTP_503_SERVICE_UNAVAILABLE,

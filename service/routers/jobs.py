@@ -117,7 +117,7 @@ def _view(job: dict, losses: list | None = None) -> Job:
 @router.post("/masks", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted,
              dependencies=[Depends(require_admin)], summary="Search a mask for a domain (a job)",
              responses={**ADMIN, **errors(404, 422, 503)})
-def submit(body: MaskJobRequest, response: Response, state: AppState = Depends(get_state)) -> JobAccepted:
+def submit_search(body: MaskJobRequest, response: Response, state: AppState = Depends(get_state)) -> JobAccepted:
     jobs = state.jobs
     # this host's datasets, or one uploaded through another replica (a worker fetches it)
     if not jobs.settings.dataset_path(body.dataset).exists() and state.datasets.get(body.dataset) is None:
@@ -150,7 +150,7 @@ def get_job(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Job:
 
 @router.get("/jobs/{job_id}/preview", summary="The job's latest preview grid",
             responses={200: {"content": {"image/png": {}}}, **errors(404, 422, 503)})
-def get_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Response:
+def get_job_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> Response:
     png = jobs.store.preview(job_id)
     if png is None:
         raise NotFound(f"no preview for job {job_id} (yet)")

@@ -15,6 +15,7 @@ from service.deps import get_engine, get_state
 from service.engine import Engine
 from service.errors import InvalidRequest, TooLarge, UnknownMask
 from service.mask_views import domains_by_mask, mask_view
+from service.model_card import render
 from service.openapi import ADMIN, errors
 from service.state import AppState
 from store.catalog import SharedCatalog
@@ -70,6 +71,9 @@ class MaskInfo(BaseModel):
         '"recall": 0.4, "density": 0.8, "coverage": 0.5, "features": "inception-fid", "n": 2000, '
         '"split": "heldout", ...}}; written after a job (SLT_EVAL_N images) or by '
         '`python -m trainer evaluate --record`'))
+    provenance: dict[str, Any] | None = Field(None, description=(
+        "how its job made it (job_id, dataset name, preset, config, search_seconds, device, "
+        "finished), recorded by the worker; absent for an imported mask"))
     weights: int | None = None
     kept: int | None = None
     kept_fraction: float | None = None
@@ -140,6 +144,31 @@ async def get_mask_file(mask_id: str = MaskId, engine: Engine = Depends(get_engi
     return Response(data, media_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="{mask_id}.safetensors"',
         "ETag": f'"{mask_id}"', "Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def _card(catalog: SharedCatalog, mask_id: str, license: str) -> str:
+    entry = catalog.entry(mask_id)
+    if entry is None:
+        raise UnknownMask(mask_id)
+    return render(entry, license)
+
+
+@router.get("/masks/{mask_id:mask_ref}/card", summary="The mask's model card (README.md of its bundle)",
+            response_class=Response,
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}},
+                             "description": "Markdown with YAML front matter (Hugging Face Hub style)"},
+                       **errors(404, 422, 503)})
+async def get_mask_card(request: Request, mask_id: str = MaskId,
+                        state: AppState = Depends(get_state)) -> Response:
+    """A bundle is this card as `README.md` beside the file of GET /masks/{mask_id}/file, saved
+    as `<mask_id>.safetensors` (`slt export`). The front matter holds license, tags, dataset and
+    metrics, and an `slt` block (mask id, file sha256, base, dataset sha256) that `slt import`
+    checks against the file; the body the base, dataset, exact search request and settings,
+    search time and device, and the metrics with n and split."""
+    text = await asyncio.to_thread(_card, state.catalog, mask_id, request.app.state.settings.card_license)
+    return Response(text, media_type="text/markdown; charset=utf-8", headers={
+        "Content-Disposition": 'inline; filename="README.md"',
+        "Cache-Control": "no-cache"})
 
 
 def _delete(engine: Engine, catalog: SharedCatalog, mask_id: str, force: bool) -> MaskDeleted:

@@ -1,15 +1,19 @@
 """Jobs through real HTTP: the API under uvicorn, a real redis-server and a real worker process."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from slt_stack import Stack, assert_catalog_intact, copy_images
+import yaml
+from slt_stack import ROOT, TOKEN, Stack, assert_catalog_intact, copy_images
 
 from store.domains import DomainRegistry
 from trainer.data import open_dataset
@@ -188,3 +192,153 @@ def test_submit_errors(stack: Stack):
         assert c.delete("/jobs/" + "0" * 32).status_code == 404
         assert anon.delete("/jobs/" + "0" * 32).status_code == 401
         assert c.get("/jobs", params={"status": "sleeping"}).status_code == 422
+
+
+# ---- the `slt` client against this stack (issue 24): real processes, real HTTP ------------------
+
+def _slt(url: str, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
+    """`python -m slt ARGS` as a user runs it, configured by SLT_URL / SLT_ADMIN_TOKEN."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLT_")}
+    env.update({"SLT_URL": url, **({"SLT_ADMIN_TOKEN": token} if token else {})})
+    return subprocess.run([sys.executable, "-m", "slt", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _refused(r: subprocess.CompletedProcess, rc: int, detail: str) -> None:
+    """A clear failure: the exit status, the API's (or the check's) message, no traceback."""
+    assert r.returncode == rc, (r.returncode, r.stdout, r.stderr)
+    assert detail in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _evaluated_mask(stack: Stack) -> dict:
+    """A mask this stack's worker searched and evaluated (the first test's, else a new one)."""
+    with stack.client(admin=False) as c:
+        for m in c.get("/masks").json():
+            if m.get("evaluation") and m.get("provenance"):
+                return m
+    job = stack.wait_job(stack.submit("evaluable", domain="cli-eval", iterations=8))
+    assert job["status"] == "succeeded", job
+    return stack.wait_evaluation(job["mask_id"])
+
+
+def test_slt_promote_generate_upload_search_and_clear_errors(stack: Stack, tmp_path: Path,
+                                                             emoji_google_dir: Path):
+    mask = _evaluated_mask(stack)
+    r = _slt(stack.url, "promote", "cli-domain", mask["mask_id"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mask_id"] == mask["mask_id"]
+
+    # exactly the bytes the API returns, in each format
+    for fmt in ("png", "webp", "json"):
+        out = tmp_path / f"grid.{fmt}"
+        r = _slt(stack.url, "generate", "--domain", "cli-domain", "--n", "4", "--seed", "7",
+                 "--format", fmt, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        with stack.client(admin=False) as c:
+            api = c.get("/generate", params={"domain": "cli-domain", "n": 4, "seed": 7, "format": fmt})
+        assert out.read_bytes() == api.content and len(api.content) > 100
+
+    # a dataset from an archive, then a search on it
+    images = copy_images(emoji_google_dir, tmp_path / "images", n=12)
+    archive = shutil.make_archive(str(tmp_path / "cli-set"), "zip", images)
+    r = _slt(stack.url, "upload", "cli-set", archive)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 12
+    r = _slt(stack.url, "search", "--domain", "cli-set", "--dataset", "cli-set", "--preset", "demo",
+             "--iterations", "4", "--batch-size", "2", "--no-promote")
+    assert r.returncode == 0, r.stderr
+    job = stack.wait_job(json.loads(r.stdout)["job_id"])
+    assert job["status"] == "succeeded" and job["config"]["iterations"] == 4 and job["promote"] is False
+
+    # errors: the API's detail, a non-zero exit, no traceback
+    _refused(_slt(stack.url, "generate", "--domain", "nowhere", "--out", str(tmp_path / "x.png")),
+             1, "nowhere")
+    assert not (tmp_path / "x.png").exists()
+    _refused(_slt(stack.url, "promote", "cli-domain", mask["mask_id"], token="wrong"), 1, "401")
+    _refused(_slt(stack.url, "search", "--domain", "d", "--dataset", "nope"), 1, "GET /datasets")
+    _refused(_slt(stack.url, "upload", "cli-set", archive), 1, "already exists")
+    _refused(_slt("http://127.0.0.1:9", "generate", "--domain", "d", "--out", "-"), 1, "cannot reach")
+
+
+def test_slt_follow_prints_progress_until_the_end_event(stack: Stack):
+    with stack.client(admin=False) as c:
+        ids = {op["operationId"] for ops in c.get("/openapi.json").json()["paths"].values()
+               for op in ops.values()}
+    if "follow_job_events" not in ids:
+        pytest.skip("GET /jobs/{job_id}/events is not on this branch (issue 24 item 2, another branch)")
+    r = _slt(stack.url, "search", "--domain", "cli-follow", "--dataset", "tiny", "--preset", "demo",
+             "--iterations", "12", "--batch-size", "2", "--follow")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    progress = [int(ln.split()[1].split("/")[0]) for ln in lines if ln.startswith("iteration ")]
+    assert progress and progress == sorted(progress) and progress[-1] == 12, r.stdout
+    assert lines[-1].startswith("succeeded: mask "), r.stdout
+    job_id = json.loads(r.stdout[:r.stdout.index("}") + 1])["job_id"]
+    assert lines[-1] == f"succeeded: mask {stack.job(job_id)['mask_id']}"
+    r = _slt(stack.url, "follow", job_id)  # an ended job: its end at once, the same status
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == lines[-1], (r.stdout, r.stderr)
+
+
+def test_slt_export_writes_a_model_card_and_import_refuses_a_mismatch_then_imports_elsewhere(
+        stack: Stack, tmp_path: Path):
+    mask = _evaluated_mask(stack)
+    mask_id, bundle = mask["mask_id"], tmp_path / "bundle"
+    r = _slt(stack.url, "export", mask_id, "--out", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([f"{mask_id}.safetensors", "README.md"])
+    data = (bundle / f"{mask_id}.safetensors").read_bytes()
+    with stack.client(admin=False) as c:
+        assert data == c.get(f"/masks/{mask_id}/file").content
+    card = (bundle / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    ev = mask["evaluation"]["heldout"]
+    prov = mask["provenance"]
+    assert front["license"] == "unknown" and "strong-lottery-ticket" in front["tags"]
+    assert front["datasets"] == [prov["dataset"]] == [ev["dataset"]]
+    assert set(front["metrics"]) == set(METRICS)
+    results = front["model-index"][0]["results"][0]
+    assert results["dataset"]["split"] == "heldout"
+    assert {m["type"]: m["value"] for m in results["metrics"]} == {m: ev[m] for m in METRICS}
+    slt = front["slt"]
+    assert slt["mask_id"] == slt["sha256"] == hashlib.sha256(data).hexdigest() == mask_id
+    assert slt["base"] == {"arch": mask["base_arch"]["arch"], "nz": mask["base_arch"]["nz"],
+                           "width": 0.0625, "init": mask["init"], "seed": mask["base_seed"],
+                           "sha256": base_sha256(build_base(BaseSpec(width=0.0625)))}
+    assert slt["dataset"] == {"name": prov["dataset"], "sha256": mask["dataset_sha256"]}
+    # the body: the exact request, the job's settings, search time and device, metrics with n
+    body = card.split("---\n", 2)[2]
+    assert f"job: `{prov['job_id']}`" in body and "on cpu" in body
+    assert f"search time: {prov['search_seconds']} s" in body and prov["search_seconds"] > 0
+    request = json.loads(body.split("```json\n")[1].split("```")[0])
+    assert request == {"domain": prov["domain"], "dataset": prov["dataset"], "preset": prov["preset"],
+                       "promote": prov["promote"],
+                       "config": {k: prov["config"][k] for k in ("k", "iterations", "batch_size",
+                                                                 "pruning", "seed", "lr")}}
+    assert f"slt search --domain {prov['domain']} --dataset {prov['dataset']}" in body
+    assert f"| heldout | {ev['n']} | {ev['fid']} |" in body and "not recorded" not in body
+
+    other = Stack(tmp_path / "other")  # another deployment: its own Redis and API
+    try:
+        other.start_api()
+        # a card that does not fit the file is refused before anything is sent
+        for name, tamper in [("file", lambda d: (d / f"{mask_id}.safetensors").write_bytes(data[:-1] + b"\0")),
+                             ("base", lambda d: (d / "README.md").write_text(
+                                 card.replace(slt["base"]["sha256"], "0" * 64)))]:
+            bad = Path(shutil.copytree(bundle, tmp_path / f"bad-{name}"))
+            tamper(bad)
+            r = _slt(other.url, "import", str(bad))
+            _refused(r, 3, "does not match its card")
+            assert ("its sha256 is" if name == "file" else "base sha256") in r.stderr
+        _refused(_slt(other.url, "import", str(tmp_path)), 3, "not a bundle")
+        with other.client(admin=False) as c:
+            assert c.get(f"/masks/{mask_id}").status_code == 404
+
+        r = _slt(other.url, "import", str(bundle))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["mask_id"] == mask_id
+        with other.client(admin=False) as c:
+            assert c.get(f"/masks/{mask_id}/file").content == data
+            assert c.get(f"/masks/{mask_id}").json()["served"] is True
+        assert _slt(other.url, "import", str(bundle)).returncode == 0  # again: already there
+    finally:
+        other.close()

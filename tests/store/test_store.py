@@ -30,6 +30,21 @@ def mask_bytes(seed: int) -> bytes:
     return random_mask(BaseSpec(width=0.0625), cfg, "0" * 64, domain=f"d{seed}")
 
 
+def test_a_masks_provenance_is_recorded_once_and_only_for_an_indexed_mask(client, tmp_path):
+    """How its job made a mask (for its model card): the first record stays, a mask not in the
+    index gets none, and a deletion takes it with the entry."""
+    cat = SharedCatalog(client, RedisBlobs(client), MaskCatalog(tmp_path / "a"))
+    mask_id, _ = cat.publish(mask_bytes(2))
+    assert cat.entry(mask_id)["provenance"] == {}
+    assert cat.record_provenance(mask_id, {"job_id": "j1", "dataset": "faces", "search_seconds": 2.5})
+    assert not cat.record_provenance(mask_id, {"job_id": "j2"})  # a retry, or a second job
+    assert cat.entry(mask_id)["provenance"] == {"job_id": "j1", "dataset": "faces", "search_seconds": 2.5}
+    assert not cat.record_provenance("f" * 64, {"job_id": "j3"})
+    assert not client.exists("slt:mask:" + "f" * 64)
+    cat.delete(mask_id)
+    assert not cat.record_provenance(mask_id, {"job_id": "j4"}) and cat.entry(mask_id) is None
+
+
 def test_chunked_blobs_round_trip_and_detect_damage(client, tmp_path):
     blobs = RedisBlobs(client)
     data = bytes(range(256)) * 5000  # 1.28 MB
