@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--zipf-over", type=int, default=1000, help="the stream's domains (the first M)")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the replica serves")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -38,8 +38,8 @@ from service.settings import Settings  # noqa: E402
 from service.state import AppState  # noqa: E402
 from store.catalog import SharedCatalog, decode_untrusted  # noqa: E402
 from store.connection import EmbeddedRedis  # noqa: E402
-from trainer.masks import MaskCatalog  # noqa: E402
 from trainer.generator import latents  # noqa: E402
+from trainer.masks import MaskCatalog  # noqa: E402
 from trainer.search import SearchConfig, random_mask  # noqa: E402
 
 log = logging.getLogger("bench.serving")
@@ -112,6 +112,12 @@ class Bench:
         return len(plan) * n / (time.perf_counter() - t0)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a CUDA timing covers the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -160,8 +166,10 @@ def cold_breakdown(b: Bench, domains: list[tuple[str, str]]) -> dict[str, float]
         e.catalog.local.add(data, mask=mask)
         t3 = time.perf_counter()
         w = e.build_weights(mask)
+        sync(e.device)
         t4 = time.perf_counter()
         e._forward(w, z)
+        sync(e.device)
         t5 = time.perf_counter()
         for k, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             steps[k].append(dt)
@@ -182,6 +190,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=4, help="images per request")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the engine serves")
     ap.add_argument("--switch-pairs", type=int, default=40)
     ap.add_argument("--cold-domains", type=int, default=6,
                     help="never-seen domains timed end to end (and as many for the breakdown)")
@@ -201,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
     masks, dense = make_masks(base, args.domains, args.cache)
     tmp = Path(tempfile.mkdtemp(prefix="slt-bench-"))
     redis = EmbeddedRedis(tmp / "redis").start()
-    settings = Settings(home=tmp / "home", redis_url=redis.url, base=base, device="cpu",
+    settings = Settings(home=tmp / "home", redis_url=redis.url, base=base, device=args.device,
                         torch_threads=args.threads, max_batch=args.max_batch, batch_window_ms=5,
                         queue_limit=1 << 20, device_cache_bytes=1 << 40, admin_token=None)
     rss0 = rss_bytes()
@@ -226,6 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         mf = e.load_mask(m)
         t0 = time.perf_counter()
         w = e.build_weights(mf)
+        sync(e.device)
         cold.append(time.perf_counter() - t0)
     device_bytes = sum(t.numel() * t.element_size() for t in w.values())
     recycled = []  # at a full cache: built into the buffers of the entry just evicted
@@ -233,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
         mf = e.load_mask(m)
         t0 = time.perf_counter()
         w = e.build_weights(mf, out=w)
+        sync(e.device)
         recycled.append(time.perf_counter() - t0)
     del w
     # a never-seen domain's first image, end to end, and where its time goes
@@ -254,10 +265,13 @@ def run(args: argparse.Namespace) -> dict:
         e._forward(wa, z)
     for _ in range(args.switch_pairs):
         e._forward(wa, z)
+        sync(e.device)
         t0 = time.perf_counter()
         e._forward(wa, z)
+        sync(e.device)
         t1 = time.perf_counter()
         e._forward(wb, z)
+        sync(e.device)
         t2 = time.perf_counter()
         same.append(t1 - t0)
         diff.append((t2 - t1) - (t1 - t0))
@@ -282,11 +296,13 @@ def run(args: argparse.Namespace) -> dict:
             log.info("round %d %-36s %.2f images/s", r + 1, name, rates[name][-1])
     # the plain module, no engine, at the batch the engine runs
     raw = []
-    zb = latents(3, 0, args.max_batch, e.spec.nz)
+    zb = latents(3, 0, args.max_batch, e.spec.nz).to(e.device)
     with torch.inference_mode():
         for _ in range(args.rounds):
+            sync(e.device)
             t0 = time.perf_counter()
             e.base(zb)
+            sync(e.device)
             raw.append(args.max_batch / (time.perf_counter() - t0))
 
     b.close()
