@@ -93,6 +93,26 @@ TARGETS = [  # (label, getter, target text, test of (value, whole result)); None
 ]
 
 
+def _parts(parts: dict | None) -> str:
+    if not parts:
+        return "-"
+    return ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts.items())
+
+
+def gpu_text(env: dict) -> str:
+    """The GPU section: what `--device cuda` covers, and whether this run was it."""
+    covers = ("`python -m bench --device cuda` runs serving (the engine on the GPU: masks shipped at "
+              "~1 bit per weight and unpacked there, each step's requests grouped by mask), search "
+              "(ours with bf16 autocast and channels_last, and at fp32 for the speed-up against the "
+              "plain port at equal precision) and the domains run on the GPU; fairness and the HTTP "
+              "load stay on the CPU. The engine serves fp32 only: there is no bf16 serving path to "
+              "measure.")
+    if env.get("gpu"):
+        return f"Run on {env['gpu']}: the tables above are the GPU's. {covers}"
+    return (f"**Unrun.** No GPU was lent to this session, so `python -m bench --device cuda` has not "
+            f"been run and no figure here is a GPU's. {covers}")
+
+
 def summary_rows(r: dict) -> list[list]:
     """[label, value, target, met] per figure; met is "-" where the run has no value or the
     figure has no target."""
@@ -135,11 +155,18 @@ def render(r: dict) -> str:
                   _table(["stream", "images/s (median)", "best"],
                          [[k, v, s["images_per_s_best"][k]] for k, v in s["images_per_s"].items()]
                          + [["the plain module, no engine", s["plain_module_images_per_s"], None]]), "",
-                  f"- Cold swap (base x mask built on the device): {s['cold_switch_ms']:.1f} ms median, "
+                  f"- Cold swap end to end (`swap_cold_e2e_ms`, a never-seen domain's first image: "
+                  f"resolve the domain, fetch the file from the shared store, decode and verify it, keep "
+                  f"it on disk, build base x mask, one pass): {_f(s.get('cold_first_image_ms'), 1)} ms "
+                  f"median, {_f(s.get('cold_first_image_best_ms'), 1)} best; where it goes (ms, medians "
+                  f"on other never-seen masks): {_parts(s.get('cold_first_image_parts_ms'))}.",
+                  f"- Cold swap, build only (`swap_cold_build_ms`, base x mask built on the device from "
+                  f"a mask already in RAM): {s['cold_switch_ms']:.1f} ms median, "
                   f"{s['cold_switch_best_ms']:.1f} best; at a full cache, into evicted buffers, "
-                  f"{s['cold_switch_full_cache_ms']:.1f} ms. Warm swap: {s['warm_switch_added_ms']:+.2f} ms "
-                  f"added to a {s['request_2_images_ms']:.1f} ms 2-image pass (lookup "
-                  f"{s['warm_switch_lookup_us']:.1f} us).",
+                  f"{s['cold_switch_full_cache_ms']:.1f} ms.",
+                  f"- Warm swap: {s['warm_switch_added_ms']:+.2f} ms added to a {s['request_2_images_ms']:.1f} ms "
+                  f"2-image pass (bound {warm_swap_bound_ms(s['request_2_images_ms']):.2f} ms: 1 ms or 5% of "
+                  f"the pass; lookup {s['warm_switch_lookup_us']:.1f} us).",
                   f"- Per domain: {s['ram_bytes_per_domain_packed'] / 1e6:.2f} MB of packed bits in RAM "
                   f"when held, {s['device_bytes_per_resident_domain'] / 1e6:.1f} MB of masked weights "
                   "when resident on the device.", ""]
@@ -153,16 +180,28 @@ def render(r: dict) -> str:
                   f"Decoding a width-1 slt-mask/2 file (parse, range-decode every layer, check counts "
                   f"and sha256): {_f(r.get('mask_decode_ms'), 1)} ms median.", ""]
     if "search_table" in r:
+        pk = r.get("peak", {})
         lines += ["## Search iteration", "",
-                  f"`{r['search_features']}` features, AMA, k=0.1, local pruning, median of {r['search_steps']} "
-                  "steps after warm-up. Plain port: the released loop (a full sort of every layer's "
-                  "scores each step, fp32, cached real statistics). Roofline share: the iteration's "
-                  "convolution FLOPs (counted from shapes) per iteration time, over the same FLOPs "
-                  "run alone.", "",
-                  _table(["width", "batch", "plain port s/it", "ours s/it", "speed-up", "conv GFLOP/it",
-                          "achieved GFLOP/s", "convs alone GFLOP/s", "roofline share"],
-                         [[x["width"], x["batch"], x["plain_port_s"], x["ours_s"], x["speedup"], x["conv_gflop"],
-                           x["achieved_gflops"], x["conv_roofline_gflops"], x["roofline_share"]]
+                  f"`{r['search_features']}` features, AMA, k=0.1, local pruning; {r.get('search_trials', 1)} "
+                  f"trials interleaved (plain, ours, plain, ours, ...), each the median of "
+                  f"{r['search_steps']} steps after warm-up; the speed-up is the median of the trials' "
+                  "ratios, with their min and max. Plain port: the released loop (a full sort of every "
+                  "layer's scores each step, fp32, cached real statistics).", "",
+                  "`conv_share`: the iteration's convolution FLOPs (counted from shapes) run alone, over "
+                  "the iteration's time: how much of an iteration runs at the speed the device reaches "
+                  "on these convolutions (not a hardware roofline). `peak_share`: the iteration's achieved "
+                  f"GFLOP/s over a measured peak of {_f(pk.get('peak_gflops'))} GFLOP/s ({pk.get('dtype', '?')}: "
+                  f"the best of torch.mm at square sizes, {_f(pk.get('gemm_gflops'))} "
+                  f"({', '.join(f'n={k} {v}' for k, v in pk.get('gemm_gflops_by_size', {}).items())}), "
+                  f"and of the iteration's convolutions each at its shape, {_f(pk.get('best_conv_gflops'))}).",
+                  "",
+                  _table(["width", "batch", "plain port s/it", "ours s/it", "speed-up (min / median / max)",
+                          "conv GFLOP/it", "achieved GFLOP/s", "convs alone GFLOP/s", "conv_share",
+                          "peak_share"],
+                         [[x["width"], x["batch"], x["plain_port_s"], x["ours_s"],
+                           f"{_f(x.get('speedup_min'))} / {_f(x['speedup'])} / {_f(x.get('speedup_max'))}",
+                           x["conv_gflop"], x["achieved_gflops"], x.get("convs_alone_gflops"),
+                           x.get("conv_share"), x.get("peak_share")]
                           for x in r["search_table"]]), ""]
     if "fairness_detail" in r:
         f = r["fairness_detail"]
@@ -187,17 +226,18 @@ def render(r: dict) -> str:
         lines += ["## Many domains on one replica", "",
                   _table(["figure", "value"], [
                       ["registered domains (each its own mask)", d["domains"]],
+                      ["distinct mask bits among them", d.get("distinct_mask_bits")],
                       ["mask file bytes", d["mask_file_bytes"]],
                       ["Redis bytes per 1,000 domains (records, index, blobs)", d["redis_bytes_per_1000_domains"]],
                       ["replica start-up to ready (s)", d["startup_s"]],
                       ["replica RSS idle (MB)", round(d["rss_idle_bytes"] / 1e6, 1)],
-                      [f"GET /generate p50 / p99 (ms), Zipf over {d['zipf_over']} domains, "
-                       f"{d['clients']} clients", f"{d['generate_p50_ms']} / {d['generate_p99_ms']}"],
+                      ["distinct domains the stream touched", d.get("distinct_domains_hit")],
+                      [f"GET /generate p50 / p99 (ms), a sweep over half of the domains and Zipf over "
+                       f"{d['zipf_over']}, {d['requests']} requests, {d['clients']} clients",
+                       f"{d['generate_p50_ms']} / {d['generate_p99_ms']}"],
                       ["cold swaps in the stream", d["cold_swaps"]],
                       ["errors", d["errors"]],
                       ["masks in RAM after, bytes", f"{d['masks_in_ram']}, {d['masks_ram_bytes']}"],
                       ["replica RSS after (MB)", round(d["rss_after_bytes"] / 1e6, 1)]]), ""]
-    lines += ["## GPU", "",
-              "Not measured: " + ("no GPU was lent to the sessions so far." if not env.get("gpu")
-                                  else "see the tables above (run on the GPU)."), ""]
+    lines += ["## GPU", "", gpu_text(env), ""]
     return "\n".join(lines)
