@@ -170,6 +170,12 @@ def render(r: dict) -> str:
                   f"- Per domain: {s['ram_bytes_per_domain_packed'] / 1e6:.2f} MB of packed bits in RAM "
                   f"when held, {s['device_bytes_per_resident_domain'] / 1e6:.1f} MB of masked weights "
                   "when resident on the device.", ""]
+        o = s.get("over_capacity")
+        if o:
+            lines += [f"- More domains than the device holds: {o['stream']} (device cache bound to "
+                      f"{o['resident_domains']} domains' weights): {_f(o['images_per_s'])} images/s with "
+                      f"{o['evictions']} evictions in the stream, against {_f(o['one_domain_images_per_s'])} "
+                      "for one domain on the same engine.", ""]
     if "bits_per_weight_table" in r:
         lines += ["## Mask files", "",
                   "Real k=0.1 masks (a 2-step search, random features), all-in bits per masked weight "

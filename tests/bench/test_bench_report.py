@@ -103,3 +103,29 @@ def test_gpu_section_says_unrun_without_a_gpu() -> None:
 def test_search_table_shows_the_spread_and_both_shares() -> None:
     doc = report.render(_results())
     assert "1.80 / 1.90 / 2.00" in doc and "conv_share" in doc and "217.00 GFLOP/s" in doc
+
+
+def test_serving_section_names_the_end_to_end_and_build_only_swaps() -> None:
+    from bench.__main__ import serving_figures
+
+    detail = {"width": 1.0, "parameters": 11_745_539, "torch_threads": 2,
+              "images_per_s": {"one domain": 37.0}, "images_per_s_best": {"one domain": 38.0},
+              "plain_module_images_per_s": 28.0, "ratio_masked_vs_dense": 1.0,
+              "ratio_mixed_uniform_vs_one": 1.0, "ratio_mixed_zipf_vs_one": 0.95,
+              "cold_first_image_ms": 141.0, "cold_first_image_best_ms": 130.0,
+              "cold_first_image_parts_ms": {"fetch": 1.8, "decode_verify": 55.0, "keep_on_disk": 4.0,
+                                            "build": 20.0, "first_pass": 44.0},
+              "cold_switch_ms": 20.1, "cold_switch_best_ms": 17.9, "cold_switch_full_cache_ms": 17.8,
+              "warm_switch_added_ms": 3.0, "request_2_images_ms": 44.1, "warm_switch_lookup_us": 1.8,
+              "ram_bytes_per_domain_packed": 1.48e6, "device_bytes_per_resident_domain": 47e6,
+              "over_capacity": {"stream": "8 domains, uniform, 3 fit on the device", "domains": 8,
+                                "resident_domains": 3, "images_per_s": 30.0,
+                                "one_domain_images_per_s": 37.0, "evictions": 40}}
+    figures = serving_figures(detail)
+    assert figures["swap_cold_e2e_ms"] == 141.0 and figures["swap_cold_build_ms"] == 20.1
+    assert "swap_cold_ms" not in figures and figures["over_capacity"]["evictions"] == 40
+    r = {**_results(), **figures}
+    rows = report.summary_rows(r)
+    assert _met(rows, "warm swap") == "**no**"  # 3 ms over max(1, 2.2) ms
+    doc = report.render(r)
+    assert "decode verify 55.0" in doc and "40 evictions" in doc and "`swap_cold_build_ms`" in doc
