@@ -37,6 +37,7 @@ log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 # the run's own outputs (relative to the repository): changing them does not change what is measured
 OUTPUTS = ("docs/BENCHMARKS.md", "docs/results/")
+LEGACY_KEYS = ("swap_cold_ms", "search_roofline")  # renamed (issue 23): swap_cold_build_ms, conv_share
 
 
 def _git(root: Path, *args: str) -> str:
@@ -69,6 +70,7 @@ def environment(root: Path = ROOT, device: str = "cpu") -> dict:
     return {"date": datetime.date.today().isoformat(), **provenance(root),
             "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "gpu_available": torch.cuda.is_available(),
             "device": f"cuda ({gpu})" if gpu else f"cpu ({os.cpu_count()} cores)"}
 
 
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> dict:
     results: dict = {"environment": env, "quick": q, "seconds": {}, "errors": {}, "section_commits": {}}
     if args.only is not None and path.exists():  # a partial rerun keeps the other sections
         results = {"section_commits": {}, **json.loads(path.read_text()), "environment": env}
+        for stale in LEGACY_KEYS:  # figures under their old names would be read as current
+            results.pop(stale, None)
     for name, fn in sections.items():
         if args.only is not None and name not in args.only:
             continue

@@ -109,8 +109,10 @@ def gpu_text(env: dict) -> str:
               "measure.")
     if env.get("gpu"):
         return f"Run on {env['gpu']}: the tables above are the GPU's. {covers}"
-    return (f"**Unrun.** No GPU was lent to this session, so `python -m bench --device cuda` has not "
-            f"been run and no figure here is a GPU's. {covers}")
+    why = ("this run was on the CPU" if env.get("gpu_available")
+           else "no GPU was lent to this session")
+    return (f"**Unrun.** `python -m bench --device cuda` has not been run ({why}): no figure here is "
+            f"a GPU's. {covers}")
 
 
 def summary_rows(r: dict) -> list[list]:
