@@ -1,13 +1,15 @@
 """Many domains on one replica: register N domains (each its own mask) in a real Redis, start
 the API as its own process, and measure what it costs: Redis memory per domain, the replica's
-start-up time and RSS, and GET /generate latency under a Zipf stream over the first M domains
-(cold swaps included), through real HTTP.
+start-up time and RSS, and GET /generate latency, through real HTTP, under a stream that
+mixes a sweep over half of the registered domains (each asked once: a cold swap, fetched from
+the shared store) with a Zipf stream over the first M (the hot ones).
 
     python -m bench.domains --domains 1000 --width 0.25
     python -m bench.domains --domains 10000 --width 0.25 --zipf-over 1000 --requests 2000
 
-Masks are one random k=0.1 mask re-written N times with a different `domain` in its metadata:
-N distinct files (N ids, N entries in RAM and on the device), made in milliseconds each.
+Each domain has its own mask bits (bench.mask_variants: one random k=0.1 mask with every
+layer rolled by the domain's own offset), so each fetch decodes its own streams and the run
+counts the distinct bits it registered.
 """
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from bench.mask_variants import bits_sha256, variants
 from bench.replica import replica
 from store.blobs import RedisBlobs
 from store.catalog import SharedCatalog
 from store.connection import EmbeddedRedis, connect
 from store.domains import DomainRegistry
 from trainer.generator import BaseSpec
-from trainer.masks import MaskCatalog, with_metrics
+from trainer.masks import MaskCatalog
 from trainer.search import SearchConfig, random_mask
 
 log = logging.getLogger("bench.domains")
@@ -46,20 +49,22 @@ def redis_memory(client) -> int:
 
 
 def register(client, home: Path, n: int, width: float) -> dict:
-    """N distinct masks in the shared catalog, each promoted to its own domain `d<i>`."""
+    """N masks, each with its own bits, in the shared catalog, each promoted to its own domain
+    `d<i>`."""
     base = random_mask(BaseSpec(width=width), SearchConfig(k=0.1, seed=0, bn_batches=1), "0" * 64)
     catalog = SharedCatalog(client, RedisBlobs(client), MaskCatalog(home / "bench-writer"))
     registry = DomainRegistry(client)
     before = redis_memory(client)
     t0 = time.monotonic()
     size = 0
-    for i in tqdm(range(n), desc="registering", unit="domain"):
-        data = with_metrics(base, {"bench_domain": i})
+    bits: set[str] = set()
+    for i, data in enumerate(tqdm(variants(base, n, domain="d"), total=n, desc="registering", unit="domain")):
+        bits.add(bits_sha256(data))
         mask_id, _ = catalog.publish(data)
         catalog.drop_local(mask_id)  # the replica's disk starts empty: it fetches what it serves
         registry.promote(f"d{i}", mask_id, by="bench")
         size = len(data)
-    return {"domains": n, "mask_file_bytes": size, "register_s": round(time.monotonic() - t0, 1),
+    return {"domains": n, "distinct_mask_bits": len(bits), "mask_file_bytes": size, "register_s": round(time.monotonic() - t0, 1),
             "redis_bytes_per_1000_domains": round((redis_memory(client) - before) / n * 1000),
             "redis_used_bytes": redis_memory(client)}
 
@@ -68,6 +73,17 @@ def zipf_stream(n_domains: int, count: int, s: float = 1.0, seed: int = 0) -> li
     rng = np.random.default_rng(seed)
     w = 1.0 / np.arange(1, n_domains + 1) ** s
     return list(rng.choice(n_domains, size=count, p=w / w.sum()))
+
+
+def request_stream(n_domains: int, zipf_over: int, count: int, seed: int = 0) -> list[int]:
+    """A sweep over half of the registered domains (each once, in random order) shuffled
+    together with `count` Zipf requests over the first `zipf_over`: the stream touches at
+    least half of them, and the hot ones stay hot."""
+    rng = np.random.default_rng(seed)
+    sweep = rng.permutation(n_domains)[:(n_domains + 1) // 2].tolist()
+    stream = sweep + [int(i) for i in zipf_stream(min(zipf_over, n_domains), count, seed=seed)]
+    rng.shuffle(stream)
+    return stream
 
 
 def metric(text: str, name: str) -> float:
@@ -82,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--domains", type=int, default=1000)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--zipf-over", type=int, default=1000, help="the stream's domains (the first M)")
-    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--requests", type=int, default=1000,
+                    help="Zipf requests, beside the sweep over half of the domains")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the replica serves")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,10 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         with EmbeddedRedis(Path(tmp) / "redis") as server:
             client = connect(server.url)
             out = register(client, home, args.domains, args.width)
-            with replica(home / "replica", server.url, args.width) as (api, url, startup_s):
+            with replica(home / "replica", server.url, args.width,
+                         SLT_DEVICE=args.device) as (api, url, startup_s):
                 out["startup_s"] = round(startup_s, 2)
                 out["rss_idle_bytes"] = rss_of(api.pid)
-                stream = zipf_stream(min(args.zipf_over, args.domains), args.requests)
+                stream = request_stream(args.domains, args.zipf_over, args.requests)
                 lat: list[float] = []
                 errors = 0
 
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
                 out.update(
                     zipf_over=min(args.zipf_over, args.domains), requests=len(lat), clients=args.clients,
                     errors=errors, distinct_domains_hit=len(set(stream)),
+                    touched_share=round(len(set(stream)) / args.domains, 3),
                     generate_p50_ms=round(1000 * statistics.median(lat), 1),
                     generate_p99_ms=round(1000 * lat[int(0.99 * (len(lat) - 1))], 1),
                     cold_swaps=int(metric(prom, "slt_cache_misses_total")),

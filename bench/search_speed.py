@@ -1,5 +1,6 @@
-"""Search iteration time: this project's search loop vs a plain port of the released loop, and
-the roofline share of an iteration.
+"""Search iteration time: this project's search loop vs a plain port of the released loop, the
+share of an iteration spent at convolution speed (`conv_share`), and the iteration's achieved
+GFLOP/s as a share of a measured peak of this machine (`peak_share`).
 
 "Ours" is `trainer.search.search` itself (kthvalue selection; on CUDA bf16 autocast and
 channels_last), timed per iteration through its progress callback. The plain port does what the
@@ -7,19 +8,30 @@ released code does each step: a full sort of every layer's |scores| to build the
 the same cached real statistics, generator, extractor and batch. Prints JSON; run as
 `python bench/search_speed.py --dataset var/datasets/emoji-google --width 1 --device cuda`.
 
-Roofline share: the FLOPs of an iteration's convolutions, counted from their shapes (forward;
+Trials are interleaved (plain, ours, plain, ours, ...), each its own median of steps after
+warm-up, so load that drifts over the run hits both loops alike; the speed-up is the median of
+the trials' ratios, reported with their min and max.
+
+conv_share: the FLOPs of an iteration's convolutions, counted from their shapes (forward;
 backward to the input everywhere and to the weights in the generator, whose masked weights
 get a gradient), at the time one iteration of the real loop takes, over the same FLOPs at the
 time those convolutions take alone (random tensors of the same shapes, forward and backward):
-the share of an iteration the device spends at the speed it reaches on its convolutions.
+the share of an iteration the device spends at the speed it reaches on its convolutions. It is
+not a hardware roofline: the convolutions alone may run far below the machine's peak.
+
+peak_share: the iteration's achieved GFLOP/s (its convolution FLOPs over its time) over a
+measured peak: the best of torch.mm at large square shapes and of the iteration's own
+convolutions each at its shape, at the precision "ours" runs at (fp32 on a CPU, bf16 on CUDA).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -31,6 +43,8 @@ from trainer.objective import MomentMatching
 from trainer.search import config_from, search
 from trainer.stats import real_moments
 from trainer.subnet import MASKED_LAYERS, MaskedLayer, Pruner, StraightThrough, init_scores
+
+log = logging.getLogger("bench.search")
 
 
 def sorted_mask(self: MaskedLayer, s: torch.Tensor, which: str) -> torch.Tensor:
@@ -75,7 +89,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_plain(width: float, batch: int, device: str, steps: int, features: str, dataset) -> float:
+def time_plain(width: float, batch: int, device: str, steps: int, features: str, dataset,
+               warmup: int = 2) -> float:
     g = build_base(BaseSpec(width=width), device, **MASKED_LAYERS)
     init_scores(g, 0)
     pruner = Pruner(g, 0.1, "local")
@@ -85,7 +100,7 @@ def time_plain(width: float, batch: int, device: str, steps: int, features: str,
     obj = ReleasedMoments(real_moments(dataset, extractor, device=device), ama=True).to(device)
     opt = torch.optim.Adam(pruner.scores(), lr=5e-5, betas=(0.5, 0.999))
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + warmup):
         sync(device)
         t = time.perf_counter()
         x = g(torch.randn(batch, 100, device=device))
@@ -94,19 +109,22 @@ def time_plain(width: float, batch: int, device: str, steps: int, features: str,
         loss.backward()
         opt.step()
         sync(device)
-        if i >= 2:  # warm-up steps excluded
+        if i >= warmup:  # warm-up steps excluded
             times.append(time.perf_counter() - t)
     return median(times)
 
 
-def time_ours(width: float, batch: int, device: str, steps: int, features: str, dataset) -> float:
-    """Per-iteration time of the real search loop (the progress callback runs after each step)."""
+def time_ours(width: float, batch: int, device: str, steps: int, features: str, dataset,
+              warmup: int = 2, amp: bool | None = None) -> float:
+    """Per-iteration time of the real search loop (the progress callback runs after each step;
+    the first step has no stamp before it, so it is always among the warm-up). `amp`: bf16
+    autocast on CUDA (None: the loop's own default; False: fp32, the plain port's precision)."""
     stamps: list[float] = []
-    cfg = config_from("paper", iterations=steps + 2, batch_size=batch, features=features,
-                      preview_every=0, bn_batches=1)
+    cfg = config_from("paper", iterations=steps + warmup, batch_size=batch, features=features,
+                      preview_every=0, bn_batches=1, amp=amp)
     search(BaseSpec(width=width), cfg, dataset, device=device,
            progress=lambda p: (sync(device), stamps.append(time.perf_counter())))
-    return median([b - a for a, b in zip(stamps[1:], stamps[2:])])
+    return median([b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])])
 
 
 def _conv_flops(kind: str, x: tuple, w: tuple, y: tuple, groups: int) -> float:
@@ -143,58 +161,119 @@ def capture_convs(width: float, batch: int, device: str, features: str) -> list[
     return seen
 
 
-def time_convs_alone(convs: list[dict], device: str, steps: int) -> tuple[float, float]:
-    """(FLOPs of one iteration's convolutions, their median time alone, forward + backward)."""
+def _conv_step(c: dict, x: torch.Tensor, w: torch.Tensor) -> None:
     import torch.nn.functional as F
 
-    flops = 0.0
+    if c["kind"] == "conv":
+        y = F.conv2d(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
+    else:
+        y = F.conv_transpose2d(x, w, None, c["stride"], c["padding"], c["output_padding"],
+                               c["groups"], c["dilation"])
+    y.backward(torch.ones_like(y))
+
+
+def time_convs_alone(convs: list[dict], device: str, steps: int) -> tuple[float, float, float]:
+    """(FLOPs of one iteration's convolutions, their median time alone, forward + backward,
+    the best GFLOP/s one of them reaches at its own shape)."""
+    flops, per_conv = 0.0, []
     for c in convs:
         f = _conv_flops(c["kind"], c["x"], c["w"], c["y"], c["groups"])
-        flops += f * (3 if c["part"] == "generator" else 2)  # + grad input (+ grad weight)
+        f *= 3 if c["part"] == "generator" else 2  # + grad input (+ grad weight)
+        flops += f
+        per_conv.append(f)
     tensors = []
     for c in convs:
         x = torch.randn(c["x"], device=device, requires_grad=True)
         w = torch.randn(c["w"], device=device, requires_grad=c["part"] == "generator")
         tensors.append((c, x, w))
-    times = []
+    times, best = [], [float("inf")] * len(convs)
     for i in range(steps + 1):
         sync(device)
         t = time.perf_counter()
-        for c, x, w in tensors:
-            if c["kind"] == "conv":
-                y = F.conv2d(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
-            else:
-                y = F.conv_transpose2d(x, w, None, c["stride"], c["padding"], c["output_padding"],
-                                       c["groups"], c["dilation"])
-            y.backward(torch.ones_like(y))
-        sync(device)
+        for j, (c, x, w) in enumerate(tensors):
+            t_j = time.perf_counter()
+            _conv_step(c, x, w)
+            sync(device)  # per conv, for its own speed (a CPU runs them in order anyway)
+            if i:
+                best[j] = min(best[j], time.perf_counter() - t_j)
         if i:
             times.append(time.perf_counter() - t)
-    return flops, median(times)
+    best_gflops = max((f / t / 1e9 for f, t in zip(per_conv, best) if f > 1e8), default=0.0)
+    return flops, median(times), best_gflops
+
+
+def gemm_peak(device: str, dtype: torch.dtype = torch.float32,
+              sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 3) -> dict:
+    """The best GFLOP/s of torch.mm at square shapes (2 n^3 FLOPs each), best of `repeats`;
+    a size is skipped once one product takes over 2 s (a slow device needs no larger one)."""
+    out: dict = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        torch.mm(a, b)  # warm-up: allocation, kernel choice
+        best = float("inf")
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+        out[str(n)] = round(2 * n ** 3 / best / 1e9, 2)
+        if best > 2.0:
+            break
+    return {"gemm_gflops_by_size": out, "gemm_gflops": max(out.values())}
 
 
 def run(settings: list[tuple[float, int]], device: str = "cpu", steps: int = 3,
-        features: str = "vgg16-keras", dataset=None) -> dict:
-    """The search table over (width, batch) settings, the speed-up at width 1 batch 16 and the
-    lowest roofline share."""
+        features: str = "vgg16-keras", dataset=None, trials: int = 3, warmup: int = 2) -> dict:
+    """The search table over (width, batch) settings: `trials` interleaved trials of the plain
+    port and ours (each a median of `steps` after `warmup`), the speed-up's median and spread,
+    conv_share and peak_share; the measured peak; the speed-ups at width 1, batch 16 and 64."""
     ds = dataset if dataset is not None else open_dataset(
         os.path.join(os.environ.get("SLT_HOME", "var"), "datasets", "emoji-google"))
+    gpu = device.startswith("cuda")
+    peak = gemm_peak(device, torch.bfloat16 if gpu else torch.float32)
     rows = []
     for width, batch in settings:
-        plain = time_plain(width, batch, device, steps, features, ds)
-        ours = time_ours(width, batch, device, steps, features, ds)
-        flops, alone = time_convs_alone(capture_convs(width, batch, device, features), device, steps)
-        rows.append({"width": width, "batch": batch, "plain_port_s": round(plain, 4),
-                     "ours_s": round(ours, 4), "speedup": round(plain / ours, 3),
-                     "conv_gflop": round(flops / 1e9, 2), "convs_alone_s": round(alone, 4),
-                     "achieved_gflops": round(flops / ours / 1e9, 2),
-                     "conv_roofline_gflops": round(flops / alone / 1e9, 2),
-                     "roofline_share": round(alone / ours, 3),
-                     "ours_options": "bf16+channels_last" if device.startswith("cuda") else "fp32"})
+        plain_t, ours_t, ours_fp32_t = [], [], []
+        for _ in range(trials):  # interleaved: plain, ours, plain, ours, ...
+            plain_t.append(time_plain(width, batch, device, steps, features, ds, warmup))
+            ours_t.append(time_ours(width, batch, device, steps, features, ds, warmup))
+            if gpu:  # the same loop at the plain port's precision, for an equal-precision ratio
+                ours_fp32_t.append(time_ours(width, batch, device, steps, features, ds, warmup, amp=False))
+        flops, alone, best_conv = time_convs_alone(capture_convs(width, batch, device, features), device, steps)
+        base = ours_fp32_t or ours_t  # the speed-up is taken at equal precision
+        ratios = sorted(p / o for p, o in zip(plain_t, base))
+        ours = statistics.median(ours_t)
+        row = {"width": width, "batch": batch, "trials": trials, "steps": steps,
+               "plain_port_s": round(statistics.median(plain_t), 4), "ours_s": round(ours, 4),
+               "plain_port_trials_s": [round(x, 4) for x in plain_t],
+               "ours_trials_s": [round(x, 4) for x in ours_t],
+               "speedup": round(statistics.median(ratios), 3),
+               "speedup_min": round(ratios[0], 3), "speedup_max": round(ratios[-1], 3),
+               "conv_gflop": round(flops / 1e9, 2), "convs_alone_s": round(alone, 4),
+               "achieved_gflops": round(flops / ours / 1e9, 2),
+               "convs_alone_gflops": round(flops / alone / 1e9, 2),
+               "best_conv_gflops": round(best_conv, 2),
+               "conv_share": round(alone / ours, 3),
+               "ours_options": "bf16+channels_last" if gpu else "fp32"}
+        if gpu:
+            row["ours_fp32_s"] = round(statistics.median(ours_fp32_t), 4)
+            row["speedup_bf16"] = round(statistics.median(plain_t) / ours, 3)
+        rows.append(row)
+        log.info("search width %g batch %d: speed-up %.3f (%.3f..%.3f), conv_share %.3f",
+                 width, batch, row["speedup"], row["speedup_min"], row["speedup_max"], row["conv_share"])
+    # the peak: the best of the GEMM and of any of the iteration's convolutions at its shape
+    # (measured at fp32 on a CPU; a CUDA conv here runs fp32 too, so the GEMM's bf16 wins there)
+    peak["best_conv_gflops"] = max((r["best_conv_gflops"] for r in rows), default=0.0)
+    peak["peak_gflops"] = max(peak["gemm_gflops"], peak["best_conv_gflops"])
+    peak["dtype"] = "bf16" if gpu else "fp32"
+    for r in rows:
+        r["peak_share"] = round(r["achieved_gflops"] / peak["peak_gflops"], 3)
     ref = next((r for r in rows if r["width"] == 1.0 and r["batch"] == 16), rows[0])
     return {"search_speedup_vs_reference": ref["speedup"],
-            "search_roofline": min(r["roofline_share"] for r in rows), "search_table": rows,
-            "search_features": features, "search_steps": steps}
+            "conv_share": min(r["conv_share"] for r in rows), "peak": peak, "search_table": rows,
+            "search_features": features, "search_steps": steps, "search_trials": trials}
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
 """Serving benchmark, through the generation engine (no HTTP): throughput of one domain, of a
-stream mixing 8 domains (uniform and Zipf) and of the same network run dense; the added time
-of a cold and a warm domain switch; the bytes each extra domain holds in RAM and on the device.
+stream mixing 8 domains (uniform and Zipf), of one mixing more domains than the device cache
+holds (so the stream evicts), and of the same network run dense; a never-seen domain's first
+image end to end (fetch from the shared store, decode and verify, build, first pass) and the
+build alone; the added time of a warm domain switch; the bytes each extra domain holds in RAM
+and on the device.
 
     python bench/serving.py                    # the default base (width 1), about 10 min on 2 cores
     python bench/serving.py --width 0.0625     # the tiny test base, seconds
@@ -30,10 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.mask_variants import variants  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.state import AppState  # noqa: E402
+from store.catalog import SharedCatalog, decode_untrusted  # noqa: E402
 from store.connection import EmbeddedRedis  # noqa: E402
 from trainer.generator import latents  # noqa: E402
+from trainer.masks import MaskCatalog  # noqa: E402
 from trainer.search import SearchConfig, random_mask  # noqa: E402
 
 log = logging.getLogger("bench.serving")
@@ -106,8 +112,68 @@ class Bench:
         return len(plan) * n / (time.perf_counter() - t0)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a CUDA timing covers the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
+
+
+def publish_fresh(b: Bench, template: bytes, n: int, start: int, home: Path) -> list[tuple[str, str]]:
+    """n never-seen domains, each its own mask (distinct bits) published to the shared store by
+    another host (a writer catalog of its own), so this replica has it neither in RAM nor on
+    disk: [(domain, mask_id)]."""
+    writer = SharedCatalog(b.state.redis, b.state.catalog.blobs, MaskCatalog(home / "writer"))
+    out = []
+    for i, data in enumerate(variants(template, n, start, domain="cold-")):
+        mask_id, _ = writer.publish(data)
+        writer.drop_local(mask_id)
+        name = f"cold-{start + i}"
+        b.state.domains.promote(name, mask_id, by="bench")
+        out.append((name, mask_id))
+    return out
+
+
+def cold_first_images(b: Bench, domains: list[tuple[str, str]]) -> list[float]:
+    """Seconds from asking for a never-seen domain's first image to having it: the replica's
+    own path (resolve the domain, fetch the file from the shared store, decode and verify it,
+    keep it on disk, build base x mask on the device, one pass)."""
+    out = []
+    for name, _ in domains:
+        t0 = time.perf_counter()
+        b.run(b.engine.generate(name, 1, 1))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def cold_breakdown(b: Bench, domains: list[tuple[str, str]]) -> dict[str, float]:
+    """Where a cold first image's time goes, step by step on other never-seen masks (median
+    ms of each step)."""
+    e = b.engine
+    steps: dict[str, list[float]] = {k: [] for k in ("fetch", "decode_verify", "keep_on_disk", "build",
+                                                     "first_pass")}
+    z = latents(1, 0, 1, e.spec.nz)
+    for _, mask_id in domains:
+        t0 = time.perf_counter()
+        data = e.catalog.blobs.get(mask_id)
+        t1 = time.perf_counter()
+        mask = decode_untrusted(data)
+        e.verify(mask)
+        t2 = time.perf_counter()
+        e.catalog.local.add(data, mask=mask)
+        t3 = time.perf_counter()
+        w = e.build_weights(mask)
+        sync(e.device)
+        t4 = time.perf_counter()
+        e._forward(w, z)
+        sync(e.device)
+        t5 = time.perf_counter()
+        for k, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            steps[k].append(dt)
+    return {k: round(1e3 * median(v), 2) for k, v in steps.items()}
 
 
 def main(argv=None) -> dict:
@@ -124,7 +190,12 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=4, help="images per request")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the engine serves")
     ap.add_argument("--switch-pairs", type=int, default=40)
+    ap.add_argument("--cold-domains", type=int, default=6,
+                    help="never-seen domains timed end to end (and as many for the breakdown)")
+    ap.add_argument("--resident-domains", type=int, default=3,
+                    help="device cache bound, in domains, of the stream that evicts")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("SLT_HOME", "var")) / "cache" / "bench")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     return ap.parse_args(argv)
@@ -139,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
     masks, dense = make_masks(base, args.domains, args.cache)
     tmp = Path(tempfile.mkdtemp(prefix="slt-bench-"))
     redis = EmbeddedRedis(tmp / "redis").start()
-    settings = Settings(home=tmp / "home", redis_url=redis.url, base=base, device="cpu",
+    settings = Settings(home=tmp / "home", redis_url=redis.url, base=base, device=args.device,
                         torch_threads=args.threads, max_batch=args.max_batch, batch_window_ms=5,
                         queue_limit=1 << 20, device_cache_bytes=1 << 40, admin_token=None)
     rss0 = rss_bytes()
@@ -164,6 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         mf = e.load_mask(m)
         t0 = time.perf_counter()
         w = e.build_weights(mf)
+        sync(e.device)
         cold.append(time.perf_counter() - t0)
     device_bytes = sum(t.numel() * t.element_size() for t in w.values())
     recycled = []  # at a full cache: built into the buffers of the entry just evicted
@@ -171,8 +243,14 @@ def run(args: argparse.Namespace) -> dict:
         mf = e.load_mask(m)
         t0 = time.perf_counter()
         w = e.build_weights(mf, out=w)
+        sync(e.device)
         recycled.append(time.perf_counter() - t0)
     del w
+    # a never-seen domain's first image, end to end, and where its time goes
+    fresh = publish_fresh(b, masks[0], 2 * args.cold_domains, 0, tmp)
+    cold_e2e = cold_first_images(b, fresh[:args.cold_domains])
+    breakdown = cold_breakdown(b, fresh[args.cold_domains:])
+    log.info("cold first image %.1f ms median; parts (ms): %s", 1e3 * median(cold_e2e), breakdown)
     rss_b = rss_bytes()
     for m in ids + [dense_id]:  # make every domain resident for the streams
         e.submit(m, 0, 2).result()
@@ -187,10 +265,13 @@ def run(args: argparse.Namespace) -> dict:
         e._forward(wa, z)
     for _ in range(args.switch_pairs):
         e._forward(wa, z)
+        sync(e.device)
         t0 = time.perf_counter()
         e._forward(wa, z)
+        sync(e.device)
         t1 = time.perf_counter()
         e._forward(wb, z)
+        sync(e.device)
         t2 = time.perf_counter()
         same.append(t1 - t0)
         diff.append((t2 - t1) - (t1 - t0))
@@ -215,12 +296,36 @@ def run(args: argparse.Namespace) -> dict:
             log.info("round %d %-36s %.2f images/s", r + 1, name, rates[name][-1])
     # the plain module, no engine, at the batch the engine runs
     raw = []
-    zb = latents(3, 0, args.max_batch, e.spec.nz)
+    zb = latents(3, 0, args.max_batch, e.spec.nz).to(e.device)
     with torch.inference_mode():
         for _ in range(args.rounds):
+            sync(e.device)
             t0 = time.perf_counter()
             e.base(zb)
+            sync(e.device)
             raw.append(args.max_batch / (time.perf_counter() - t0))
+
+    b.close()
+
+    # more domains than the device cache holds: the stream evicts, and rebuilds what it needs
+    bounded = settings.model_copy(update={"home": tmp / "home-bounded",
+                                          "device_cache_bytes": args.resident_domains * device_bytes})
+    b2 = Bench(bounded)
+    e2 = b2.engine
+    over = {"one domain": ([ids[0]], None), f"{len(ids)} domains, uniform, {args.resident_domains} "
+            "fit on the device": (ids, None)}
+    over_rates: dict[str, list[float]] = {k: [] for k in over}
+    evictions = 0.0
+    b2.stream([ids[0]], None, args.clients, args.n, min(images, 64), 998)  # warm-up
+    for r in range(args.rounds):
+        for name, (ms, wts) in (over.items() if r % 2 == 0 else reversed(over.items())):
+            before = e2.metrics.registry.get_sample_value("slt_cache_evictions_total") or 0.0
+            over_rates[name].append(b2.stream(ms, wts, args.clients, args.n, images, r + 1))
+            if len(ms) > 1:
+                evictions += (e2.metrics.registry.get_sample_value("slt_cache_evictions_total") or 0.0) - before
+            log.info("round %d %-36s %.2f images/s", r + 1, name, over_rates[name][-1])
+    over_name = list(over)[1]
+    b2.close()
 
     one = median(rates["one domain"])
     res = {
@@ -233,6 +338,10 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_masked_vs_dense": one / median(rates["dense (k=1) through the engine"]),
         "ratio_mixed_uniform_vs_one": median(rates[f"{len(ids)} domains, uniform"]) / one,
         "ratio_mixed_zipf_vs_one": median(rates[f"{len(ids)} domains, Zipf (p ~ 1/i)"]) / one,
+        "cold_first_image_ms": 1e3 * median(cold_e2e),
+        "cold_first_image_best_ms": 1e3 * min(cold_e2e),
+        "cold_first_image_all_ms": [round(1e3 * x, 1) for x in cold_e2e],
+        "cold_first_image_parts_ms": breakdown,
         "cold_switch_ms": 1e3 * median(cold),
         "cold_switch_full_cache_ms": 1e3 * median(recycled),
         "cold_switch_best_ms": 1e3 * min(cold),
@@ -240,6 +349,10 @@ def run(args: argparse.Namespace) -> dict:
         "warm_switch_added_ms": 1e3 * median(diff),
         "warm_switch_lookup_us": 1e6 * median(lookup),
         "request_2_images_ms": 1e3 * median(same),
+        "over_capacity": {"stream": over_name, "domains": len(ids), "resident_domains": args.resident_domains,
+                          "images_per_s": median(over_rates[over_name]),
+                          "one_domain_images_per_s": median(over_rates["one domain"]),
+                          "evictions": int(evictions), "rounds": over_rates},
         "ram_bytes_per_domain_packed": per_mask_ram,
         "ram_rss_per_domain_loaded": rss_masks,
         "device_bytes_per_resident_domain": device_bytes,
@@ -262,8 +375,15 @@ def run(args: argparse.Namespace) -> dict:
           f"(RSS +{res['ram_rss_per_domain_loaded'] / 1e6:.2f} MB), "
           f"{res['device_bytes_per_resident_domain'] / 1e6:.1f} MB when resident on the device "
           f"(RSS +{res['rss_per_resident_domain'] / 1e6:.1f} MB)")
-    b.close()
+    print(f"cold first image (fetch, decode, verify, build, pass): {res['cold_first_image_ms']:.1f} ms "
+          f"median, {res['cold_first_image_best_ms']:.1f} best; parts (ms): {breakdown}")
+    print(f"{over_name}: {res['over_capacity']['images_per_s']:.2f} images/s "
+          f"({res['over_capacity']['evictions']} evictions) vs one domain "
+          f"{res['over_capacity']['one_domain_images_per_s']:.2f}")
     redis.stop()
+    if res["over_capacity"]["evictions"] <= 0:  # the stream would not measure what it is named for
+        raise RuntimeError(f"the over-capacity stream evicted nothing ({args.resident_domains} of "
+                           f"{len(ids)} domains on the device)")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return res

@@ -278,9 +278,20 @@ def _decode_stream(name: str, stream: np.ndarray, n: int, coder: dict) -> np.nda
         packed = decode_layer(stream, n, kept)
     except CodingError as e:
         raise MaskError(f"tensor {name!r}: corrupt coded stream ({e})") from None
-    if int(np.unpackbits(packed).sum()) != kept:
+    if _popcount(packed) != kept:
         raise MaskError(f"tensor {name!r}: coded stream does not hold {kept} kept weights (corrupt)")
     return packed
+
+
+_BYTE_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+
+
+def _popcount(packed: np.ndarray) -> int:
+    """Set bits of a uint8 array: numpy's bitwise_count where it has one (2.0+; ~10x faster
+    than unpacking, ~8 ms of a width-1 file's cold load otherwise), else a byte table."""
+    if hasattr(np, "bitwise_count"):
+        return int(np.bitwise_count(packed).sum(dtype=np.int64))
+    return int(_BYTE_POPCOUNT[packed].sum(dtype=np.int64))
 
 
 def with_metrics(data: bytes, metrics: dict) -> bytes:
