@@ -119,12 +119,12 @@ def wait_ready(url: str, timeout: float, alive=lambda: True) -> None:
 class ReplicaProcess:
     """A second API replica: `uvicorn --factory service.app:app` in its own process."""
 
-    def __init__(self, home: Path, redis_url: str, base: str = TINY):
+    def __init__(self, home: Path, redis_url: str, base: str = TINY, threads: int = THREADS):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, SLT_HOME=str(home), SLT_REDIS_URL=redis_url,
                         SLT_ADMIN_TOKEN=TOKEN, SLT_BASE=base, SLT_DEVICE="cpu",
-                        SLT_TORCH_THREADS=str(THREADS))
+                        SLT_TORCH_THREADS=str(threads))
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ReplicaProcess:

@@ -187,6 +187,22 @@ def test_promotion_from_another_connection_arrives_by_pubsub(client, masks, redi
     _wait_for_mask(client, "alpha", mask_id(a))
 
 
+def test_replicas_at_different_thread_counts_serve_the_same_bytes(server, masks, redis_url, tmp_path):
+    """The README's promise, same pixels from any replica: one replica at 1 thread, one at 3,
+    and the in-process server (2) give identical PNG bytes and the one-thread reference."""
+    params = {"domain": "alpha", "seed": 123, "n": 6}
+    with ReplicaProcess(tmp_path / "one", redis_url, threads=1) as one, \
+            ReplicaProcess(tmp_path / "three", redis_url, threads=3) as three:
+        bodies = []
+        for url in (one.url, three.url, server.url):
+            r = httpx.get(f"{url}/generate", params=params, timeout=60)
+            assert r.status_code == 200, r.text
+            bodies.append(r.content)
+        assert httpx.get(f"{three.url}/readyz", timeout=10).json()["torch_threads"] == 3
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert np.array_equal(pixels(bodies[0]), reference_grid(ref(masks["alpha"], 123, 6)))
+
+
 def test_a_second_replica_without_shared_disk_follows_promotions(server, admin, masks, redis_url,
                                                                  tmp_path):
     a, b = masks["alpha"], masks["beta"]
