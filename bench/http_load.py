@@ -1,9 +1,11 @@
-"""HTTP load on a real replica: `wrk` (Debian's package) drives GET /generate over loopback
-against the API started as its own process, at 16 and 64 connections, requests spread over 8
-domains, bounded in time (`--duration`) and in count (each wrk thread stops after its share).
-Reports p50/p99 latency, images/s and errors (non-2xx answers and socket errors)."""
+"""HTTP load on a real replica, the API as its own process on loopback, GET /generate over 8
+resident domains: `wrk` (Debian's package, a closed loop) at 16, 64 and 256 connections, then
+an open loop (bench.open_loop: constant arrival rate, latency from the arrival) below and above
+the capacity wrk found. Reports p50/p99, images/s (200s only), 429s (the server's own counter)
+and errors (5xx and socket errors) apart."""
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from bench import open_loop
 from bench.replica import replica
 from bench.serving import make_masks
+from service.settings import Settings
 from store.blobs import RedisBlobs
 from store.catalog import SharedCatalog
 from store.connection import EmbeddedRedis, connect
@@ -33,6 +37,7 @@ response = function(status, headers, body)
   if done >= max then wrk.thread:stop() end
 end
 """
+log = logging.getLogger(__name__)
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 
@@ -47,19 +52,60 @@ def parse_wrk(out: str) -> dict:
         raise RuntimeError(f"wrk printed no latency distribution:\n{out[-2000:]}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    seconds = _ms(re.search(r"requests in ([\d.]+(?:us|ms|s|m)),", out).group(1)) / 1e3
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     return {"p50_ms": pct["50"], "p99_ms": pct["99"], "requests_per_s": rps, "requests": total,
-            "errors": non2xx + sock}
+            "seconds": seconds, "non_2xx": non2xx, "socket_errors": sock}
 
 
-def run(width: float = 0.25, clients: tuple[int, ...] = (16, 64), duration_s: int = 15,
-        max_requests: int = 20_000, n: int = 1, cache: Path | None = None) -> dict:
+def _rejected(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    m = re.search(r"^slt_generate_rejected_total (\S+)", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _level(url: str, script: Path, c: int, duration_s: int, n: int) -> dict:
+    """One wrk level; 429s (from the server's own counter) told apart from errors."""
+    before = _rejected(url)
+    run_ = subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{duration_s}s", "--latency", "--timeout", "30s",
+                           "-s", str(script), url], capture_output=True, text=True, timeout=duration_s + 120)
+    res = parse_wrk(run_.stdout)
+    refused = int(_rejected(url) - before)
+    ok = res["requests"] - res["non_2xx"]
+    return {**res, "refused_429": refused, "errors": res["non_2xx"] - refused + res["socket_errors"],
+            "images_per_s": round(ok * n / res["seconds"], 2)}
+
+
+def run(widths: tuple[float, ...] = (0.25, 1.0), clients: tuple[int, ...] = (16, 64, 256),
+        duration_s: int = 20, n: int = 1, open_rates: tuple[float, ...] = (0.8, 1.5),
+        open_duration_s: int = 10, cache: Path | None = None) -> dict:
+    """wrk (closed loop) at each connection count, then the open loop (bench.open_loop) at
+    `open_rates` x the closed loop's images/s at 16 connections, at each connection count, for
+    every width; each width on a fresh replica with 8 resident domains."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
+    out: dict = {"http_n": n, "http_duration_s": duration_s, "http_open_duration_s": open_duration_s,
+                 "http_widths": {}}
+    for width in widths:
+        out["http_widths"][f"width_{width:g}"] = _width(width, clients, duration_s, n, open_rates,
+                                                       open_duration_s, cache)
+    ws = out["http_widths"]
+    out["http_errors"] = sum(lv["errors"] for w in ws.values()
+                             for lv in [*w["closed"].values(), *w["open"]])
+    out["http_flat"] = {k: round(min(w["closed"][str(c)]["images_per_s"] for c in clients if c != 16)
+                                 / w["closed"]["16"]["images_per_s"], 3) for k, w in ws.items()}
+    out["http_p99_max_ms"] = {k: max(w["closed"][str(c)]["p99_ms"] for c in clients) for k, w in ws.items()}
+    out["http_tail_16"] = {k: round(w["closed"]["16"]["p99_ms"] / w["closed"]["16"]["p50_ms"], 2)
+                           for k, w in ws.items()}
+    return out
+
+
+def _width(width: float, clients: tuple[int, ...], duration_s: int, n: int, open_rates: tuple[float, ...],
+           open_duration_s: int, cache: Path | None) -> dict:
     masks, _ = make_masks(f"width={width}", 8, cache or Path(tempfile.gettempdir()) / "slt-bench-masks")
     tmp = Path(tempfile.mkdtemp(prefix="slt-bench-http-"))
-    out: dict = {"http_width": width, "http_n": n, "http_duration_s": duration_s}
+    res: dict = {"closed": {}, "open": []}
     with EmbeddedRedis(tmp / "redis") as server:
         client = connect(server.url)
         catalog = SharedCatalog(client, RedisBlobs(client), MaskCatalog(tmp / "writer"))
@@ -68,20 +114,25 @@ def run(width: float = 0.25, clients: tuple[int, ...] = (16, 64), duration_s: in
             mask_id, _ = catalog.publish(data)
             DomainRegistry(client).promote(f"load{i}", mask_id)
             names.append(f"load{i}")
-        with replica(tmp / "home", server.url, width, SLT_QUEUE_LIMIT="4096") as (_, url, _):
+        with replica(tmp / "home", server.url, width) as (_, url, _):
             for d in names:  # every domain resident: the load measures serving, not first swaps
                 httpx.get(url + "/generate", params={"domain": d, "seed": 0}, timeout=60).raise_for_status()
+            ready = httpx.get(url + "/readyz", timeout=30).json()
+            res.update(lanes=ready.get("torch_threads"), max_wait_ms=Settings().max_wait_ms)
             script = tmp / "load.lua"
+            script.write_text(_SCRIPT % (",".join(f'"{d}"' for d in names), n, 10_000_000))
             for c in clients:
-                threads = 2
-                script.write_text(_SCRIPT % (",".join(f'"{d}"' for d in names), n, max_requests // threads))
-                run_ = subprocess.run(["wrk", f"-t{threads}", f"-c{c}", f"-d{duration_s}s", "--latency",
-                                       "--timeout", "30s", "-s", str(script), url],
-                                      capture_output=True, text=True, timeout=duration_s + 120)
-                res = parse_wrk(run_.stdout)
-                out[f"clients_{c}"] = {**res, "images_per_s": res["requests_per_s"] * n}
-    out.update(http_p50_ms={c: out[f"clients_{c}"]["p50_ms"] for c in clients},
-               http_p99_ms={c: out[f"clients_{c}"]["p99_ms"] for c in clients},
-               http_images_per_s={c: out[f"clients_{c}"]["images_per_s"] for c in clients},
-               http_errors=sum(out[f"clients_{c}"]["errors"] for c in clients))
-    return out
+                res["closed"][str(c)] = _level(url, script, c, duration_s, n)
+                log.info("http width %g: wrk %d connections: %s", width, c, res["closed"][str(c)])
+            capacity = res["closed"][str(clients[0])]["images_per_s"] / n
+
+            def path(i: int) -> str:
+                return f"/generate?n={n}&seed={i}&domain={names[i % len(names)]}"
+
+            for c in clients:
+                for f in open_rates:
+                    lv = open_loop.run(url, max(1.0, f * capacity), open_duration_s, c, path)
+                    res["open"].append({**lv, "rate_x_capacity": f,
+                                        "images_per_s": round(lv["ok_per_s"] * n, 2)})
+                    log.info("http width %g: open loop %.1f/s over %d: %s", width, f * capacity, c, lv)
+    return res
