@@ -38,6 +38,13 @@ class Settings(SharedSettings):
     # a private deployment: every route but /healthz and /readyz needs `Authorization: Bearer`
     # with this token or the admin token; unset, reads (GET) are public as before
     read_token: str | None = None
+    # ---- live progress (issue 24)
+    # how often a GET /jobs/{id}/events stream reads the job's new events from Redis
+    events_poll_s: float = Field(0.5, gt=0, le=10)
+    # an idle stream sends a comment line at least this often (proxies and clients keep it open)
+    events_keepalive_s: float = Field(15.0, gt=0, le=300)
+    # a stream closes after this long; its client reconnects with Last-Event-ID (bounds each one)
+    events_max_s: float = Field(3600.0, gt=0)
 
     @field_validator("default_preset")
     @classmethod
