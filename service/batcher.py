@@ -37,6 +37,7 @@ class Request:
     enqueued: float = field(default_factory=time.monotonic)
     taken: int = 0  # images handed to a step
     done: int = 0  # images written
+    z: np.ndarray | None = None  # float32 [n,nz] latents given (an interpolation), else latents(seed, i)
 
 
 Chunk = tuple[Request, int, int]  # (request, first index, count)
@@ -60,11 +61,13 @@ class Batcher:
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
-               shape: tuple[int, int, int] = (64, 64, 3)) -> concurrent.futures.Future:
+               shape: tuple[int, int, int] = (64, 64, 3),
+               z: np.ndarray | None = None) -> concurrent.futures.Future:
         """Queue a request; the future gives uint8 [n,*shape]. Saturated when the queue is full
-        (an empty queue takes any request, so n > queue_limit is slow, never impossible)."""
+        (an empty queue takes any request, so n > queue_limit is slow, never impossible).
+        `z`: the request's own latents [n,nz] instead of those of (seed, i)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8))
+        req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8), z=z)
         with self._cond:
             if self._stopped:
                 raise NotRunning("the generator is not running")
