@@ -39,7 +39,7 @@ def frame(event: str, data: dict, eid: str | None = None) -> str:
 
 def end_data(job: dict) -> dict:
     return {k: job.get(k) for k in ("status", "mask_id", "error", "note", "iteration", "iterations",
-                                    "finished")}
+                                    "progress", "finished")}
 
 
 async def follow(request: Request, events: JobEvents, job_id: str, after: str | None,

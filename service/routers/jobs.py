@@ -166,7 +166,7 @@ EVENTS_DOC = """`text/event-stream`, each event with an `id:`. Without `Last-Eve
 `phase` (`{"phase"}`) and `progress` (`{"iteration", "iterations", "progress", "loss", "lr",
 "eta_s", "preview_iteration"}`, `preview_iteration` when a new preview is at
 /jobs/{job_id}/preview) as the worker writes them, and last `end` (id `end`: `{"status",
-"mask_id", "error", "note", "iteration", "iterations", "finished"}`), then the stream closes.
+"mask_id", "error", "note", "iteration", "iterations", "progress", "finished"}`), then the stream closes.
 Comment lines keep an idle stream open; a stream also closes after SLT_EVENTS_MAX_S (resume
 with Last-Event-ID). `Last-Event-ID: end` answers 204 (nothing more). Served by any replica."""
 LAST_EVENT_ID = r"^([0-9]{1,20}-[0-9]{1,20}|end)$"
