@@ -109,6 +109,6 @@ def test_interpolate_is_in_the_openapi_document(server):
         op = c.get("/openapi.json").json()["paths"]["/interpolate"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
     assert set(params) == {"domain", "seed", "seed_to", "steps", "index", "format"}
-    assert params["steps"]["schema"]["minimum"] == 2 and params["steps"]["schema"]["maximum"] == 64
+    assert params["steps"]["schema"]["minimum"] == 2 and params["steps"]["schema"]["maximum"] == 16  # SLT_MAX_N
     assert "image/png" in op["responses"]["200"]["content"]
     assert set(op["responses"]) >= {"404", "422", "429", "503"}
