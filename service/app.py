@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import errors, openapi
 from service.admission import Admission
 from service.auth import require_reader
-from service.routers import admin, datasets, domains, generate, health, jobs, masks
+from service.routers import admin, datasets, domains, generate, health, jobs, masks, playground
 from service.settings import Settings, get_settings
 from service.state import AppState
 from store import faults
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # for a token). Everything else, reads included, needs a token where SLT_READ_TOKEN is set.
     app.include_router(health.probes)
     app.include_router(admin.router)
+    app.include_router(playground.router)  # the public playground at / (its page holds no secret)
     for r in (generate, domains, masks, jobs, datasets, health):
         app.include_router(r.router, dependencies=[Depends(require_reader)])
     app.add_middleware(Admission)  # the early 429: a refusal must cost next to nothing

@@ -44,6 +44,7 @@ class Request:
     taken: int = 0  # images 0..taken-1 were handed to a step
     back: list[tuple[int, int]] = field(default_factory=list)  # (first, count) steps gave back
     done: int = 0  # images written
+    z: np.ndarray | None = None  # float32 [n,nz] latents given (an interpolation), else latents(seed, i)
 
     @property
     def untaken(self) -> int:
@@ -73,15 +74,17 @@ class Batcher:
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
-               shape: tuple[int, int, int] = (64, 64, 3)) -> concurrent.futures.Future:
+               shape: tuple[int, int, int] = (64, 64, 3),
+               z: np.ndarray | None = None) -> concurrent.futures.Future:
         """Queue a request; the future gives uint8 [n,*shape]. Saturated when it could not start
         in time or the queue is full (an empty queue takes any request, so a request larger
-        than either bound is slow, never impossible)."""
+        than either bound is slow, never impossible). `z`: the request's own latents [n,nz]
+        instead of those of (seed, i)."""
         retry = self.refusal(n)  # the cheap early answer, before anything is allocated
         if retry is not None:
             self._refused(retry, n)
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8))
+        req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8), z=z)
         with self._cond:
             if self._stopped:
                 raise NotRunning("the generator is not running")

@@ -384,13 +384,15 @@ class Engine:
 
     # requests ----------------------------------------------------------------------------
 
-    async def generate(self, domain: str, seed: int, n: int) -> Generation:
-        """n images (indices 0..n-1) of `seed` under the domain's active mask."""
+    async def generate(self, domain: str, seed: int, n: int,
+                       z: np.ndarray | None = None) -> Generation:
+        """n images (indices 0..n-1) of `seed` under the domain's active mask; with `z`
+        (float32 [n,nz]), of those latents instead (an interpolation: `seed` is its first)."""
         mask_id = self.mirror.active(domain) or await asyncio.to_thread(self.mirror.resolve, domain)
         mask = self.masks.peek(mask_id)
         if mask is None and not self.is_resident(mask_id):  # resident weights need no bits in RAM
             mask = await asyncio.to_thread(self._mask_of, domain, mask_id)
-        images = await asyncio.wrap_future(self._enqueue(mask_id, mask, seed, n))
+        images = await asyncio.wrap_future(self._enqueue(mask_id, mask, seed, n, z))
         self.metrics.images.labels(domain).inc(n)
         return Generation(domain, mask_id, self.base_sha, seed, list(range(n)), images)
 
@@ -414,11 +416,11 @@ class Engine:
             mask = None if mask == BASE_KEY else self.masks.get(mask)
         return self._enqueue(mask.mask_id if mask else BASE_KEY, mask, seed, n)
 
-    def _enqueue(self, mask_id: str, mask: MaskFile | None, seed: int,
-                 n: int) -> concurrent.futures.Future:
+    def _enqueue(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
+                 z: np.ndarray | None = None) -> concurrent.futures.Future:
         if not self.base_ready or self._stop.is_set():
             raise NotRunning("the generator is not running")
-        return self.batcher.submit(mask_id, mask, seed, n)
+        return self.batcher.submit(mask_id, mask, seed, n, z=z)
 
     # inference ---------------------------------------------------------------------------
 
@@ -485,7 +487,8 @@ class Engine:
                 break
             try:
                 weights = self._weights(mask_id, self._keep(), part[0][0].mask)
-                z = torch.cat([latents(r.seed, start, c, self.spec.nz) for r, start, c in part])
+                z = torch.cat([latents(r.seed, start, c, self.spec.nz) if r.z is None
+                               else torch.from_numpy(r.z[start:start + c]) for r, start, c in part])
                 t_pass = time.perf_counter()
                 images = to_uint8(self._forward(weights, z))
                 self.batcher.record(len(z), time.perf_counter() - t_pass)

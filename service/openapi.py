@@ -74,6 +74,9 @@ def install(app: FastAPI) -> None:
         for p in schema.get("paths", {}).get("/generate", {}).get("get", {}).get("parameters", []):
             if p.get("name") == "n" and max_n:
                 p.setdefault("schema", {})["maximum"] = max_n
+        for p in schema.get("paths", {}).get("/interpolate", {}).get("get", {}).get("parameters", []):
+            if p.get("name") == "steps" and max_n:  # images per strip: the same bound
+                p.setdefault("schema", {})["maximum"] = min(max_n, p.get("schema", {}).get("maximum", max_n))
         app.openapi_schema = schema
         return schema
 

@@ -46,6 +46,13 @@ class Settings(SharedSettings):
     # ---- model cards (issue 24)
     # the `license` of every mask's model card (GET /masks/{id}/card): a Hub license id or `other`
     card_license: str = Field("unknown", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")
+    # ---- live progress (issue 24)
+    # how often a GET /jobs/{id}/events stream reads the job's new events from Redis
+    events_poll_s: float = Field(0.5, gt=0, le=10)
+    # an idle stream sends a comment line at least this often (proxies and clients keep it open)
+    events_keepalive_s: float = Field(15.0, gt=0, le=300)
+    # a stream closes after this long; its client reconnects with Last-Event-ID (bounds each one)
+    events_max_s: float = Field(3600.0, gt=0)
 
     @field_validator("default_preset")
     @classmethod

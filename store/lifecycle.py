@@ -110,7 +110,7 @@ ACTIVE = "slt:jobs:active"  # queued or running: what the watchdog sweeps
 FINISHED = "slt:jobs:finished"  # terminal jobs by finish time, until retention deletes them
 INDEXED = "slt:jobs:indexed"  # set once the status indexes cover every job
 STATUS_PREFIX = "slt:jobs:status:"
-PARTS = ("lease", "losses", "preview", "resend", "checkpoint")  # keys beside the record
+PARTS = ("lease", "losses", "preview", "resend", "checkpoint", "events")  # keys beside the record
 
 
 def job_key(job_id: str, part: str = "") -> str:

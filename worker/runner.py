@@ -28,6 +28,7 @@ from store.connection import connect
 from store.datasets import SharedDatasets
 from store.domains import DomainRegistry
 from store.faults import describe, transient
+from store.job_events import PHASE, PROGRESS, JobEvents, progress_event
 from store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, Lease, LeaseLost
 from store.lifecycle import Event, Outcome, next_status
 from store.moments import SharedMoments
@@ -178,6 +179,7 @@ class Reporter:
     def __init__(self, store: JobStore, lease: Lease, publish: CheckpointPublisher | None = None,
                  phases: PhaseBeat | None = None):
         self.store, self.lease, self.publish, self.phases = store, lease, publish, phases
+        self.events = JobEvents(store.r)
         self.iteration, self._last, self._first = 0, 0.0, True
         self._rate_t, self._rate_i = time.monotonic(), 0
 
@@ -218,8 +220,14 @@ class Reporter:
                 # only away with the store (and takes it back), the stop check whether the job
                 # ended elsewhere
                 log.debug("job %s: progress refused", self.lease.job_id)
+                return
         except redis.RedisError as e:  # progress is best effort; the lease decides ownership
             log.warning("job %s: progress not written: %s", self.lease.job_id, e)
+            return
+        # the live events (GET /jobs/{id}/events), after the record took the write
+        if "phase" in fields:
+            self.events.try_append(self.lease.job_id, PHASE, {"phase": fields["phase"]})
+        self.events.try_append(self.lease.job_id, PROGRESS, progress_event(fields))
 
 
 class StopCheck:
@@ -305,6 +313,11 @@ class PhaseBeat:
     def enter(self, phase: str) -> None:
         self.phase = phase
         log.info("job %s: %s", self.lease.job_id, phase)
+        try:  # written now, not at the next beat, so a follower sees the phase change at once
+            if self.store.touch(self.lease, phase):
+                JobEvents(self.store.r).try_append(self.lease.job_id, PHASE, {"phase": phase})
+        except redis.RedisError as e:
+            log.warning("job %s: phase not written: %s", self.lease.job_id, e)
 
     def stop(self) -> None:
         self._done.set()

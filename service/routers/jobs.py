@@ -1,18 +1,22 @@
 """Search jobs: `POST /masks` starts one (admin), `GET /jobs` follows them, `DELETE` cancels."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator
 
 from service.auth import require_admin
 from service.deps import get_state
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.events import END_ID, follow
 from service.jobs import JobQueue
 from service.openapi import ADMIN, errors
 from service.state import AppState
 from store.domains import DOMAIN_NAME, check_domain_name
+from store.job_events import JobEvents
 from store.jobs import STATUSES
 from store.settings import DATASET_NAME, DATASET_NAME_MAX, check_dataset_name
 from trainer.search import PRESETS
@@ -155,6 +159,40 @@ def get_job_preview(job_id: str = JobId, jobs: JobQueue = Depends(get_jobs)) -> 
     if png is None:
         raise NotFound(f"no preview for job {job_id} (yet)")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+EVENTS_DOC = """`text/event-stream`, each event with an `id:`. Without `Last-Event-ID`: first
+`job` (the record, as GET /jobs/{job_id}); with it: the events after that id still kept. Then
+`phase` (`{"phase"}`) and `progress` (`{"iteration", "iterations", "progress", "loss", "lr",
+"eta_s", "preview_iteration"}`, `preview_iteration` when a new preview is at
+/jobs/{job_id}/preview) as the worker writes them, and last `end` (id `end`: `{"status",
+"mask_id", "error", "note", "iteration", "iterations", "progress", "finished"}`), then the stream closes.
+Comment lines keep an idle stream open; a stream also closes after SLT_EVENTS_MAX_S (resume
+with Last-Event-ID). `Last-Event-ID: end` answers 204 (nothing more). Served by any replica."""
+LAST_EVENT_ID = r"^([0-9]{1,20}-[0-9]{1,20}|end)$"
+
+
+@router.get("/jobs/{job_id}/events", summary="Follow a job live (Server-Sent Events)",
+            description=EVENTS_DOC, response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "the event stream"},
+                       204: {"description": "resumed after the `end` event: nothing more"},
+                       **errors(404, 422, 503)})
+async def follow_job_events(
+    request: Request, job_id: str = JobId,
+    last_event_id: str | None = Header(None, pattern=LAST_EVENT_ID,
+                                       description="resume after this event (what the stream sent)"),
+    jobs: JobQueue = Depends(get_jobs),
+) -> Response:
+    if await asyncio.to_thread(jobs.store.r.exists, jobs.store.key(job_id)) == 0:
+        raise NotFound(f"no job {job_id}")
+    if last_event_id == END_ID:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    settings = request.app.state.settings
+    body = follow(request, JobEvents(jobs.store.r), job_id, last_event_id, settings,
+                  lambda job: _view(job).model_dump(mode="json"))
+    return StreamingResponse(body, media_type="text/event-stream", headers={
+        "Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # nginx: pass events through at once
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Job,

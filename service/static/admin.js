@@ -1,9 +1,16 @@
-// Admin dashboard: polls the JSON API every 1.5 s and renders jobs, domains and masks.
+// Admin dashboard: renders jobs, domains and masks from the JSON API. Active jobs are followed
+// live through their event streams (GET /jobs/{id}/events, read with fetch so the token goes in
+// a header); the job list is polled every 1.5 s only while some active job has no live stream,
+// else every LIST_EVERY ticks to find jobs started elsewhere. Domains and masks are polled.
 // No framework and no build step; the DOM is built with textContent only (mask metadata is
 // user-supplied, so nothing is ever inserted as HTML).
 "use strict";
 
 const POLL_MS = 1500;
+const LIST_EVERY = 20; // ticks between job-list reads while every active job streams (30 s)
+const MAX_STREAMS = 3; // a browser opens ~6 connections per host: leave room for the rest
+const STREAM_TRIES = 5; // reconnections before a job falls back to polling
+const LOSS_POINTS = 500; // as the server keeps
 const TOKEN_KEY = "slt-admin-token";
 const MAX_N = Number(document.body.dataset.maxN || 9);
 const SAMPLE_N = Math.min(9, MAX_N);
@@ -14,6 +21,11 @@ const state = {
   losses: new Map(),      // job_id -> [[iteration, loss], ...]
   lossFetched: new Map(), // job_id -> status when its losses were last fetched
   previewAt: new Map(),   // job_id -> iteration of the preview shown
+  previewIt: new Map(),   // job_id -> iteration of its latest preview, told by its stream
+  jobData: new Map(),     // job_id -> the job as last read (list) or streamed
+  follows: new Map(),     // job_id -> {ctrl, last, live}: its event stream
+  unfollowable: new Set(),// job_ids whose stream failed STREAM_TRIES times: polled
+  forceList: true,
   domains: null,          // null until the first answer, so an empty list still renders
   masks: [],
   tick: 0,
@@ -188,6 +200,7 @@ function renderJob(node, job) {
   const cfg = job.config || {};
   const meta = [`loss ${fmtNum(job.loss)}`, `ETA ${active ? fmtEta(job.eta_s) : "—"}`,
                 `k ${cfg.k ?? "—"}`, `${cfg.pruning ?? ""}`];
+  if (active && job.phase && job.phase !== "searching") meta.push(job.phase);
   if (job.mask_id) meta.push(`mask ${short(job.mask_id)}`);
   if (job.note) meta.push(job.note);
   $(".job-meta", node).textContent = meta.filter(Boolean).join(" · ");
@@ -197,17 +210,132 @@ function renderJob(node, job) {
   const box = $(".curve-box", node);
   box.replaceChildren(lossCurve(state.losses.get(job.job_id)));
   const img = $(".preview", node);
-  if (job.preview && state.previewAt.get(job.job_id) !== job.iteration) {
-    state.previewAt.set(job.job_id, job.iteration);
-    img.src = `${job.preview}?it=${job.iteration}`;
+  const at = state.previewIt.get(job.job_id) ?? job.iteration;
+  if (job.preview && state.previewAt.get(job.job_id) !== at) {
+    state.previewAt.set(job.job_id, at);
+    img.src = `${job.preview}?it=${at}`;
     img.hidden = false;
+  }
+  const f = state.follows.get(job.job_id);
+  node.dataset.live = f && f.live ? "stream" : "poll";
+}
+
+// ---------- live job events ----------
+
+const isActive = (job) => job.status === "queued" || job.status === "running";
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Server-Sent Events from a fetch body: yields {id, event, data} per event (comments skipped)
+async function* sseEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "", ev = { data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).replace(/\r$/, "");
+      buf = buf.slice(nl + 1);
+      if (line === "") {
+        if (ev.data.length) yield { id: ev.id, event: ev.event || "message", data: ev.data.join("\n") };
+        ev = { data: [] };
+      } else if (!line.startsWith(":")) {
+        const i = line.indexOf(":");
+        const field = i < 0 ? line : line.slice(0, i);
+        let v = i < 0 ? "" : line.slice(i + 1);
+        if (v.startsWith(" ")) v = v.slice(1);
+        if (field === "data") ev.data.push(v);
+        else if (field === "id" || field === "event") ev[field] = v;
+      }
+    }
   }
 }
 
+// one event of a followed job; true once it was the last (`end`)
+function onJobEvent(id, ev) {
+  const data = JSON.parse(ev.data);
+  const job = state.jobData.get(id) || { job_id: id };
+  if (ev.event === "job") Object.assign(job, data);
+  else if (ev.event === "phase") Object.assign(job, { phase: data.phase, status: "running" });
+  else if (ev.event === "progress") {
+    const { preview_iteration: pit, resumed_from: _r, ...fields } = data;
+    Object.assign(job, fields, { status: "running" });
+    if (pit) {
+      state.previewIt.set(id, pit);
+      job.preview = `/jobs/${id}/preview`;
+    }
+    const pts = state.losses.get(id) || [];
+    if (!pts.length || pts[pts.length - 1][0] < data.iteration) pts.push([data.iteration, data.loss]);
+    state.losses.set(id, pts.slice(-LOSS_POINTS));
+  } else if (ev.event === "end") Object.assign(job, data, { eta_s: null });
+  state.jobData.set(id, job);
+  const node = state.jobs.get(id);
+  if (node) renderJob(node, job);
+  return ev.event === "end";
+}
+
+async function followJob(id) {
+  const f = { ctrl: new AbortController(), last: null, live: false };
+  state.follows.set(id, f);
+  let tries = 0, ended = false;
+  try {  // the curve so far, once; the stream brings the rest
+    const full = await api("GET", `/jobs/${id}`);
+    state.losses.set(id, full.losses || []);
+    state.lossFetched.set(id, full.status);
+  } catch (e) { /* drawn from the stream alone */ }
+  while (!ended && !f.ctrl.signal.aborted && tries < STREAM_TRIES) {
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (state.token) headers.Authorization = `Bearer ${state.token}`;
+      if (f.last) headers["Last-Event-ID"] = f.last;
+      const r = await fetch(`/jobs/${id}/events`, { headers, cache: "no-store", signal: f.ctrl.signal });
+      if (r.status === 204 || r.status === 404) break; // ended (or gone): nothing more to follow
+      if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+      f.live = true;
+      tries = 0;
+      for await (const ev of sseEvents(r.body)) {
+        if (ev.id) f.last = ev.id;
+        ended = onJobEvent(id, ev) || ended;
+      }
+    } catch (e) {
+      if (f.ctrl.signal.aborted) break;
+    }
+    f.live = false;
+    if (!ended) {
+      tries += 1;
+      state.forceList = true; // meanwhile the list is polled for this job
+      await sleep(POLL_MS * tries);
+    }
+  }
+  f.live = false;
+  state.follows.delete(id);
+  if (!ended && !f.ctrl.signal.aborted) state.unfollowable.add(id);
+  state.forceList = true; // the ended job's final record, its domain and mask
+  tick();
+}
+
+function followActiveJobs(jobs) {
+  for (const j of jobs) {
+    if (state.follows.size >= MAX_STREAMS) break;
+    if (isActive(j) && !state.follows.has(j.job_id) && !state.unfollowable.has(j.job_id)) followJob(j.job_id);
+  }
+}
+
+// every active job has a live stream: the list need not be polled for progress
+function streamsCover() {
+  for (const [id, j] of state.jobData) {
+    if (isActive(j) && !(state.follows.get(id) || {}).live) return false;
+  }
+  return true;
+}
+
 async function refreshLosses(jobs) {
-  // the curve of running jobs each tick, of others once after they end
-  const want = jobs.filter((j) => j.status === "running" ||
-                                  (state.lossFetched.get(j.job_id) !== j.status)).slice(0, 6);
+  // the curve of polled running jobs each tick, of others once after they end (a followed
+  // job's curve grows from its stream)
+  const want = jobs.filter((j) => !state.follows.has(j.job_id) && (j.status === "running" ||
+                                  (state.lossFetched.get(j.job_id) !== j.status))).slice(0, 6);
   await Promise.all(want.map(async (j) => {
     try {
       const full = await api("GET", `/jobs/${j.job_id}`);
@@ -220,6 +348,8 @@ async function refreshLosses(jobs) {
 async function refreshJobs() {
   const jobs = await api("GET", "/jobs?limit=30");
   await refreshLosses(jobs);
+  state.jobData = new Map(jobs.map((j) => [j.job_id,
+    state.follows.has(j.job_id) ? Object.assign(state.jobData.get(j.job_id) || {}, j) : j]));
   const box = $("#jobs");
   if (!jobs.length) {
     box.replaceChildren(h("p", { class: "muted" }, "No jobs yet: launch a search."));
@@ -235,12 +365,13 @@ async function refreshJobs() {
         state.jobs.set(job.job_id, node);
       }
       if (box.children[i] !== node) box.insertBefore(node, box.children[i] || null);
-      renderJob(node, job);
+      renderJob(node, state.jobData.get(job.job_id));
     });
     for (const [id, node] of state.jobs) {
       if (!seen.has(id)) { node.remove(); state.jobs.delete(id); }
     }
   }
+  followActiveJobs(jobs);
   const counts = {};
   for (const j of jobs) counts[j.status] = (counts[j.status] || 0) + 1;
   $("#jobs-summary").textContent = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(" · ");
@@ -249,6 +380,7 @@ async function refreshJobs() {
 async function cancelJob(id) {
   try {
     await api("DELETE", `/jobs/${id}`, { admin: true });
+    state.forceList = true;
     tick();
   } catch (e) {
     alert(`Cancel failed: ${e.message}`);
@@ -299,6 +431,7 @@ function initLaunch() {
     try {
       const res = await api("POST", "/masks", { body, admin: true });
       toast(out, `Job ${short(res.job_id)} ${res.status}.`);
+      state.forceList = true;
       tick();
     } catch (e) {
       toast(out, `Refused (${e.status}): ${e.message}`, false);
@@ -451,7 +584,10 @@ async function tick() {
   running = (async () => {
     const conn = $("#conn");
     try {
-      const [domains] = await Promise.all([api("GET", "/domains"), refreshJobs()]);
+      // the job list: while some active job is not streamed, after a change, else now and then
+      const listDue = state.forceList || !streamsCover() || state.tick % LIST_EVERY === 0;
+      state.forceList = false;
+      const [domains] = await Promise.all([api("GET", "/domains"), listDue ? refreshJobs() : null]);
       const changed = JSON.stringify(domains) !== JSON.stringify(state.domains);
       state.domains = domains;
       if (changed) renderDomains(domains);

@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -190,3 +191,85 @@ def test_dashboard_refuses_a_wrong_token(stack: Stack, browser):
     page.click("#f-submit")
     sync_api.expect(page.locator("#token-error")).to_contain_text("admin token", timeout=10_000)
     sync_api.expect(page.locator("#launch-result")).to_contain_text("401")
+
+
+# ---- live progress through the event stream (issue 24) ---------------------------------------
+
+def _job_read(url: str) -> bool:
+    """A read of the job list or a job record (what polling does); not its events or preview."""
+    path = urlparse(url).path
+    return path.startswith("/jobs") and not path.endswith(("/events", "/preview"))
+
+
+def _watch_moving(page, job_id: str, timeout: float = 600) -> list[int]:
+    """Progress values (0 < p < 100) seen on the job's bar, until three or the timeout."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len({p for p in seen if 0 < p < 100}) < 3:
+        seen.add(progress_of(page, job_id))
+        time.sleep(0.2)
+    return sorted(p for p in seen if 0 < p < 100)
+
+
+def _token_page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.add_init_script(f"localStorage.setItem('slt-admin-token', {TOKEN!r})")
+    return page
+
+
+def _cancel(stack: Stack, job_id: str) -> None:
+    r = httpx.delete(f"{stack.url}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.timeout(900)
+def test_dashboard_follows_a_running_job_through_its_event_stream(stack: Stack, browser):
+    page = _token_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    job_id = stack.submit("emoji", domain="e2e-stream", iterations=LONG_ITERATIONS)
+    opened: list[str] = []
+    page.on("request", lambda r: opened.append(r.url) if r.url.endswith(f"/jobs/{job_id}/events") else None)
+    page.goto(f"{stack.url}/admin")
+    card = page.locator(f'article[data-job="{job_id}"]')
+    sync_api.expect(card).to_have_attribute("data-live", "stream", timeout=60_000)
+    wait_status(page, job_id, "running", timeout=300)
+
+    # from here every read of the job list or record fails: the bar moves from the stream alone
+    refused: list[str] = []
+
+    def refuse(route):
+        refused.append(route.request.url)
+        route.abort()
+
+    page.route(_job_read, refuse)
+    moving = _watch_moving(page, job_id)
+    assert len(moving) >= 3, f"progress never seen moving without polling: {moving}"
+    assert card.get_attribute("data-live") == "stream"
+    assert len(opened) == 1  # one stream, never reopened
+
+    # the end: the stream's last event shows it, though the list still cannot be read
+    _cancel(stack, job_id)
+    wait_status(page, job_id, "cancelled", timeout=60)
+    assert not errors, errors
+
+
+@pytest.mark.timeout(900)
+def test_dashboard_polls_when_the_event_stream_fails(stack: Stack, browser):
+    page = _token_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/events", lambda route: route.abort())  # a proxy that drops streams
+    job_id = stack.submit("emoji", domain="e2e-poll", iterations=LONG_ITERATIONS)
+    polled: list[str] = []
+    page.on("request", lambda r: polled.append(r.url) if _job_read(r.url) else None)
+    page.goto(f"{stack.url}/admin")
+    wait_status(page, job_id, "running", timeout=300)
+    before = len(polled)
+    moving = _watch_moving(page, job_id)
+    assert len(moving) >= 3, f"progress never seen moving by polling: {moving}"
+    assert len(polled) > before  # the list was read meanwhile: polling took over
+    assert page.locator(f'article[data-job="{job_id}"]').get_attribute("data-live") == "poll"
+    _cancel(stack, job_id)
+    wait_status(page, job_id, "cancelled", timeout=60)
+    assert not errors, errors

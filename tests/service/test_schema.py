@@ -62,7 +62,7 @@ checks.positive_data_acceptance.enabled = false
 # DELETE /jobs/{{job_id}} cancels a job (the fixed contract); the job, now `cancelled`, stays
 # readable, so "a deleted resource is gone" cannot hold for the reads of a job.
 [[operations]]
-include-name = ["GET /jobs/{{job_id}}", "GET /jobs/{{job_id}}/preview"]
+include-name = ["GET /jobs/{{job_id}}", "GET /jobs/{{job_id}}/preview", "GET /jobs/{{job_id}}/events"]
 checks.use_after_free.enabled = false
 """
 
@@ -75,7 +75,8 @@ def live(tmp_path_factory):
     for i in range(4):
         Image.new("RGB", (64, 64), (60 * i, 20, 20)).save(tiny / f"{i}.png")
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r, \
-            LiveServer(settings_for(home, r.url, max_n=8)) as srv:
+            LiveServer(settings_for(home, r.url, max_n=8, events_max_s=2)) as srv:  # a queued job's
+        # event stream (no worker takes it) closes within the request timeout
         ids = {}
         with srv.client(admin=True) as c:  # real domains, so /generate also answers 200
             for name, (k, seed) in {**DOMAINS, **DISPOSABLE}.items():
