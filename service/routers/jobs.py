@@ -170,11 +170,17 @@ EVENTS_DOC = """`text/event-stream`, each event with an `id:`. Without `Last-Eve
 Comment lines keep an idle stream open; a stream also closes after SLT_EVENTS_MAX_S (resume
 with Last-Event-ID). `Last-Event-ID: end` answers 204 (nothing more). Served by any replica."""
 LAST_EVENT_ID = r"^([0-9]{1,20}-[0-9]{1,20}|end)$"
+# One parsed event (OpenAPI 3.1 has no itemSchema; tools read `schema` as the per-event one):
+# its `data` is a JSON object encoded as text, described by the description above.
+EVENT_SCHEMA = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["job", "phase", "progress", "end"]},
+    "data": {"type": "string", "contentMediaType": "application/json"},
+    "id": {"type": "string"}, "retry": {"type": "integer"}}}
 
 
 @router.get("/jobs/{job_id}/events", summary="Follow a job live (Server-Sent Events)",
             description=EVENTS_DOC, response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+            responses={200: {"content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
                              "description": "the event stream"},
                        204: {"description": "resumed after the `end` event: nothing more"},
                        **errors(404, 422, 503)})

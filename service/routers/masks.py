@@ -118,7 +118,7 @@ def _list(engine: Engine, catalog: SharedCatalog, offset: int, limit: int) -> li
 
 @router.get("/masks", response_model=list[MaskInfo], summary="Catalog masks, newest first",
             responses=errors(422, 503))
-async def list_masks(offset: int = Query(0, ge=0, description="skip this many of the newest"),
+async def list_masks(offset: int = Query(0, ge=0, le=2**62, description="skip this many of the newest"),
                      limit: int = Query(1000, ge=1, le=10_000),
                      state: AppState = Depends(get_state),
                      engine: Engine = Depends(get_engine)) -> list[dict]:

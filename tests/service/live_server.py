@@ -61,7 +61,7 @@ def pixels(data: bytes) -> np.ndarray:
 def settings_for(home: Path, redis_url: str, **overrides) -> Settings:
     values = dict(home=home, redis_url=redis_url, admin_token=TOKEN, base=TINY, device="cpu",
                   torch_threads=THREADS, batch_window_ms=5.0, max_batch=32, queue_limit=256,
-                  max_n=64)
+                  max_n=64, max_wait_ms=0)  # every request served: admission is tested on its own
     values.update(overrides)
     return Settings(**values)
 
