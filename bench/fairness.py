@@ -107,15 +107,22 @@ def run_http(widths: tuple[float, ...] = (0.25, 1.0), requests: int = 60, flood_
                 names.append(f"fair{i}")
             light, heavy = names[0], names[1:]
             with replica(tmp / "home", server.url, width) as (_, url, _):
+                refused = [0]
                 with httpx.Client(base_url=url, timeout=120) as c:
                     for d in names:
                         c.get("/generate", params={"domain": d, "seed": 0}).raise_for_status()
 
-                    def light_p99(seed: int, c=c, light=light) -> tuple[float, float]:
+                    def light_p99(seed: int, c=c, light=light, refused=refused) -> tuple[float, float]:
                         xs = []
                         for i in range(requests):
                             t = time.perf_counter()
-                            c.get("/generate", params={"domain": light, "seed": seed * 10_000 + i}).raise_for_status()
+                            while True:  # a refusal counts, and its wait is part of the latency
+                                r = c.get("/generate", params={"domain": light, "seed": seed * 10_000 + i})
+                                if r.status_code != 429:
+                                    break
+                                refused[0] += 1
+                                time.sleep(float(r.headers.get("retry-after", "1")))
+                            r.raise_for_status()
                             xs.append(time.perf_counter() - t)
                         return _p99(xs), sorted(xs)[len(xs) // 2]
 
@@ -127,8 +134,12 @@ def run_http(widths: tuple[float, ...] = (0.25, 1.0), requests: int = 60, flood_
                             with httpx.Client(base_url=url, timeout=120) as fc:
                                 i = 0
                                 while not stop.is_set():
-                                    r = fc.get("/generate", params={"domain": targets[(k + i) % len(targets)],
-                                                                    "seed": 10**6 + k * 10**5 + i, "n": n_flood})
+                                    try:
+                                        r = fc.get("/generate", params={"domain": targets[(k + i) % len(targets)],
+                                                                        "seed": 10**6 + k * 10**5 + i,
+                                                                        "n": n_flood})
+                                    except httpx.HTTPError:
+                                        return
                                     if r.status_code == 429:
                                         time.sleep(float(r.headers.get("retry-after", "1")))
                                     i += 1
@@ -146,7 +157,8 @@ def run_http(widths: tuple[float, ...] = (0.25, 1.0), requests: int = 60, flood_
                                        "light_p99_ms_alone": round(1e3 * alone[0], 1),
                                        "light_p50_ms_alone": round(1e3 * alone[1], 1),
                                        "light_p99_ms_flooded": round(1e3 * flooded[0], 1),
-                                       "light_p50_ms_flooded": round(1e3 * flooded[1], 1)}
+                                       "light_p50_ms_flooded": round(1e3 * flooded[1], 1),
+                                       "light_refused_429": refused[0]}
         key = f"width_{width:g}"
         out["fairness"][key] = max(v["ratio"] for v in cases.values())
         out["fairness_http"][key] = {**cases, "flood_clients": flood_clients,

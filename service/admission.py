@@ -3,8 +3,8 @@
 Under overload most requests are refusals, and a closed-loop client sends the next one at once:
 if a refusal cost what a request costs (routing, validation, dependencies, an exception turned
 into a response), answering them would take the cores generation needs. So `GET /generate` is
-checked here first, as plain ASGI: the query's `n`, the batcher's wait estimate (two numbers
-read without a lock), and a 429 with Retry-After written directly. What passes goes through the
+checked here first, as plain ASGI: the query's `n` and domain, the batcher's wait estimate for
+that domain's mask (a few dict reads), and a 429 with Retry-After written directly. What passes goes through the
 router, whose batcher makes the same check again under its lock (the answer of record).
 """
 from __future__ import annotations
@@ -19,13 +19,17 @@ from service.errors import Saturated
 PATH = "/generate"
 
 
-def _n(query: bytes) -> int | None:
-    """The request's image count as the route reads it (default 1); None if not a number, so
-    the route answers it (422)."""
+def _query(query: bytes) -> tuple[int | None, str]:
+    """The request's image count as the route reads it (default 1; None if not a number, so
+    the route answers it: 422) and its domain."""
+    n: int | None = 1
+    domain = ""
     for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         if key == "n":
-            return int(value) if value.isdigit() else None
-    return 1
+            n = int(value) if value.isdigit() else None
+        elif key == "domain":
+            domain = value
+    return n, domain
 
 
 class Admission:
@@ -37,12 +41,15 @@ class Admission:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
             engine = getattr(getattr(scope["app"].state, "core", None), "engine", None)
-            n = _n(scope.get("query_string", b""))
-            if engine is not None and n is not None:
+            n, domain = _query(scope.get("query_string", b""))
+            # a domain this replica knows: its mask's share of the queue (the DRR-aware wait);
+            # one it does not know yet goes to the route, which resolves it
+            mask_id = engine.mirror.active(domain) if engine is not None and domain else None
+            if mask_id is not None and n is not None:
                 batcher = engine.batcher
-                retry = batcher.refusal(n)
+                retry = batcher.refusal(n, mask_id)
                 if retry is not None:
-                    await _refuse(send, retry, batcher.estimated_wait(n))
+                    await _refuse(send, retry, batcher.estimated_wait(n, mask_id))
                     if batcher.metrics is not None:
                         batcher.metrics.rejected.inc()
                     return

@@ -17,7 +17,7 @@ import concurrent.futures
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +66,7 @@ class Batcher:
         self._cond = threading.Condition()  # an RLock inside: take() may be called holding it
         self._queue: deque[Request] = deque()
         self._queued = 0  # images not yet handed to a step
+        self._by_mask: Counter[str] = Counter()  # the same, per mask (the DRR-aware wait)
         self._warm: deque[MaskFile] = deque()
         self._held = 0
         self._stopped = False
@@ -80,19 +81,19 @@ class Batcher:
         in time or the queue is full (an empty queue takes any request, so a request larger
         than either bound is slow, never impossible). `z`: the request's own latents [n,nz]
         instead of those of (seed, i)."""
-        retry = self.refusal(n)  # the cheap early answer, before anything is allocated
+        retry = self.refusal(n, mask_id)  # the cheap early answer, before anything is allocated
         if retry is not None:
-            self._refused(retry, n)
+            self._refused(retry, n, mask_id)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         req = Request(mask_id, mask, int(seed), int(n), fut, np.empty((n, *shape), np.uint8), z=z)
         with self._cond:
             if self._stopped:
                 raise NotRunning("the generator is not running")
-            retry = self.refusal(n)  # again, holding the lock: the answer of record
+            retry = self.refusal(n, mask_id)  # again, holding the lock: the answer of record
             if retry is not None:
-                self._refused(retry, n)
+                self._refused(retry, n, mask_id)
             self._queue.append(req)
-            self._queued += n
+            self._count(mask_id, n)
             self._gauge_locked()
             self._cond.notify_all()
         return fut
@@ -127,7 +128,7 @@ class Batcher:
             live = [r for r in self._queue if not r.future.cancelled()]
             for r in self._queue:
                 if r.future.cancelled():
-                    self._queued -= r.untaken
+                    self._count(r.mask_id, -r.untaken)
                     r.taken, r.back = r.n, []
             waiting: dict[str, list[Request]] = {}
             for r in live:
@@ -157,7 +158,7 @@ class Batcher:
                             chunks.append((r, start, c))
                             allowance -= c
                             cap -= c
-                            self._queued -= c
+                            self._count(mask_id, -c)
                     served.append(mask_id)
                     if not any(r.untaken for r in waiting[mask_id]):
                         del waiting[mask_id]
@@ -188,7 +189,7 @@ class Batcher:
         with self._cond:
             for r, start, c in chunks:
                 r.back = sorted([*r.back, (start, c)])
-                self._queued += c
+                self._count(r.mask_id, c)
             queued = set(map(id, self._queue))
             back = {id(r): r for r, _, _ in chunks if id(r) not in queued}
             self._queue = deque(sorted([*self._queue, *back.values()], key=lambda r: r.enqueued))
@@ -208,27 +209,49 @@ class Batcher:
             with self._cond:
                 self._per_image = 0.8 * self._per_image + 0.2 * per if self._per_image else per
 
-    def estimated_wait(self, n: int = 0) -> float:
-        """Seconds until the queue's images and `n` more are done, at the measured rate."""
-        return (self._queued + n) * self._per_image / self.lanes
+    def _count(self, mask_id: str, images: int) -> None:
+        self._queued += images
+        left = self._by_mask[mask_id] + images
+        if left > 0:
+            self._by_mask[mask_id] = left
+        else:
+            self._by_mask.pop(mask_id, None)
 
-    def refusal(self, n: int) -> int | None:
-        """None if a request of `n` images is admitted now, else its Retry-After in seconds.
-        Reads two numbers without the lock: cheap enough to answer a flood (service.admission)."""
-        queued, per = self._queued, self._per_image
-        if not queued:
-            return None
-        if queued + n > self.queue_limit:
-            return self._retry_after(queued * per / self.lanes)
-        if self.max_wait_s <= 0 or per <= 0:
-            return None
-        wait = (queued + n) * per / self.lanes
+    def images_ahead(self, n: int, mask_id: str | None = None) -> int:
+        """Images made before a new request of `n` under `mask_id` is done: its mask's queued
+        images and its own, and of every other waiting mask as many at most, as the deficit
+        round robin shares steps equally (so a light domain's request is not charged for a
+        flood on another). Without a mask: the whole queue and `n`."""
+        with self._cond:
+            if mask_id is None:
+                return self._queued + n
+            mine = self._by_mask.get(mask_id, 0) + n
+            return mine + sum(min(q, mine) for m, q in self._by_mask.items() if m != mask_id)
+
+    def estimated_wait(self, n: int = 0, mask_id: str | None = None) -> float:
+        """Seconds until a new request of `n` images is done, at the measured rate."""
+        return self.images_ahead(n, mask_id) * self._per_image / self.lanes
+
+    def refusal(self, n: int, mask_id: str | None = None) -> int | None:
+        """None if a request of `n` images under `mask_id` is admitted now, else its
+        Retry-After in seconds: a few dict reads, cheap enough to answer a flood
+        (service.admission)."""
+        with self._cond:
+            queued, per = self._queued, self._per_image
+            if not queued:
+                return None
+            if queued + n > self.queue_limit:
+                return self._retry_after(queued * per / self.lanes)
+            if self.max_wait_s <= 0 or per <= 0:
+                return None
+            ahead = self.images_ahead(n, mask_id)
+        wait = ahead * per / self.lanes
         if wait <= self.max_wait_s:
             return None
-        # when the wait falls to the bound; a request larger than the bound waits for an empty queue
+        # when the wait falls to the bound; a request larger than the bound waits for the rest
         alone = n * per / self.lanes
         return self._retry_after(wait - self.max_wait_s if alone <= self.max_wait_s
-                                 else queued * per / self.lanes)
+                                 else (ahead - n) * per / self.lanes)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -248,6 +271,7 @@ class Batcher:
             self._stopped = True
             pending, self._queue = list(self._queue), deque()
             self._queued = 0
+            self._by_mask.clear()
             self._gauge_locked()
             self._cond.notify_all()
         return pending
@@ -256,10 +280,10 @@ class Batcher:
         with self._cond:
             return self._queued
 
-    def _refused(self, retry_after: int, n: int) -> None:
+    def _refused(self, retry_after: int, n: int, mask_id: str | None) -> None:
         if self.metrics is not None:
             self.metrics.rejected.inc()
-        raise Saturated(retry_after, self.estimated_wait(n))
+        raise Saturated(retry_after, self.estimated_wait(n, mask_id))
 
     @staticmethod
     def _retry_after(seconds: float) -> int:

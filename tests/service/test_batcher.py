@@ -133,3 +133,18 @@ def test_nothing_is_refused_before_a_pass_is_measured_or_with_an_empty_queue():
     assert b.refusal(1) is not None
     b.take(100_000)  # the queue handed out: a request of any size starts at once
     assert b.refusal(4096) is None
+
+
+def test_a_light_domain_is_admitted_while_a_flood_on_another_is_refused():
+    """Round robin shares each step equally: a light request waits for as many flood images
+    as its own (here 1 + 1), not for the whole flood; the flood's next request waits for all."""
+    b = Batcher(queue_limit=100_000, max_batch=32, window_s=0, lanes=2)
+    b.record(10, 0.5)  # 0.05 s an image, two lanes: 40 images a second
+    for i in range(100):
+        b.submit("flood", None, seed=i, n=1)
+    b.max_wait_s = 1.0
+    assert b.images_ahead(1, "light") == 2 and b.refusal(1, "light") is None
+    assert b.images_ahead(1, "flood") == 101
+    assert b.refusal(1, "flood") == 2  # (101 x 0.05 / 2) - 1 = 1.525 s -> 2
+    b.submit("light", None, seed=0, n=1)
+    assert b.images_ahead(4, "light") == 10  # 5 of its own and 5 of the flood's

@@ -343,8 +343,8 @@ def test_saturated_queue_is_429_with_retry_after(tmp_path, redis_url, masks):
 
 def test_a_request_that_cannot_start_in_time_is_429_at_once(tmp_path, redis_url, masks):
     """SLT_MAX_WAIT_MS bounds the estimated wait: held work ahead that would take longer than
-    the bound refuses a new request with Retry-After, answered before routing (an unknown
-    domain gets the same 429: nothing of the request was looked at but n)."""
+    the bound refuses a new request of that domain with Retry-After (answered before routing),
+    while another domain, whose requests the round robin serves first, is still admitted."""
     settings = settings_for(tmp_path, redis_url, max_wait_ms=1, queue_limit=100_000)
     with LiveServer(settings) as srv, srv.client() as c:
         alpha = mask_id(masks["alpha"])
@@ -359,12 +359,18 @@ def test_a_request_that_cannot_start_in_time_is_429_at_once(tmp_path, redis_url,
             body = assert_error(r, 429)
             assert int(r.headers["retry-after"]) == batcher.refusal(1) >= 1
             assert "would wait" in body["detail"]
-            assert_error(c.get("/generate", params={"domain": "no-such-domain"}), 429)
+            # the wait is the domain's own under round robin: another domain still gets in
+            beta = mask_id(masks["beta"])
+            assert batcher.images_ahead(1, beta) == 2 and batcher.images_ahead(1, alpha) == 65
+            batcher.max_wait_s = batcher.estimated_wait(1, beta)  # a bound beta's 2 images fit
+            assert batcher.refusal(1, beta) is None and batcher.refusal(1, alpha) is not None
+            # a domain this replica does not know is the route's to resolve: a 404, not a 429
+            assert_error(c.get("/generate", params={"domain": "no-such-domain"}), 404)
             assert_error(c.get("/generate", params={"domain": "alpha", "n": "two"}), 422)
         assert held.result(60).shape[0] == 64
         assert c.get("/generate", params={"domain": "alpha", "n": 2}).status_code == 200
         rejected = re.search(r"^slt_generate_rejected_total (\S+)", c.get("/metrics").text, re.M)
-        assert float(rejected.group(1)) == 2.0
+        assert float(rejected.group(1)) == 1.0
 
 
 def test_admin_routes_need_the_token(server, masks):
