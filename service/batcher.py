@@ -54,6 +54,9 @@ class Request:
 Chunk = tuple[Request, int, int]  # (request, first index, count)
 
 
+BUSY_GAP_S = 0.5  # completions closer than this are one busy period (the wall-clock rate)
+
+
 class Batcher:
     """A bounded queue of `Request`s and the inference loop's source of work."""
 
@@ -71,6 +74,10 @@ class Batcher:
         self._held = 0
         self._stopped = False
         self._per_image = 0.0  # seconds of one lane per image, moving average (0: none measured)
+        # wall seconds per image of the whole engine while busy (between close completions): what
+        # pass times miss, the lanes' waits for the GIL, the event loop and encoding among them
+        self._per_image_wall = 0.0
+        self._last_done = 0.0
         self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
@@ -200,6 +207,13 @@ class Batcher:
         """`count` of r's images are written (by any lane); True once all of them are."""
         with self._cond:
             r.done += count
+            now = time.monotonic()
+            gap = now - self._last_done
+            if self._last_done and gap < BUSY_GAP_S:
+                per = gap / count
+                self._per_image_wall = (0.9 * self._per_image_wall + 0.1 * per
+                                        if self._per_image_wall else per)
+            self._last_done = now
             return r.done == r.n
 
     def record(self, images: int, seconds: float) -> None:
@@ -228,30 +242,34 @@ class Batcher:
             mine = self._by_mask.get(mask_id, 0) + n
             return mine + sum(min(q, mine) for m, q in self._by_mask.items() if m != mask_id)
 
+    def _seconds_per_image(self) -> float:
+        """The engine's seconds per image: the passes' own over the lanes, or the wall time
+        between completions when that is longer (0 until a pass is measured)."""
+        return max(self._per_image / self.lanes, self._per_image_wall) if self._per_image else 0.0
+
     def estimated_wait(self, n: int = 0, mask_id: str | None = None) -> float:
         """Seconds until a new request of `n` images is done, at the measured rate."""
-        return self.images_ahead(n, mask_id) * self._per_image / self.lanes
+        return self.images_ahead(n, mask_id) * self._seconds_per_image()
 
     def refusal(self, n: int, mask_id: str | None = None) -> int | None:
         """None if a request of `n` images under `mask_id` is admitted now, else its
         Retry-After in seconds: a few dict reads, cheap enough to answer a flood
         (service.admission)."""
         with self._cond:
-            queued, per = self._queued, self._per_image
+            queued, per = self._queued, self._seconds_per_image()
             if not queued:
                 return None
             if queued + n > self.queue_limit:
-                return self._retry_after(queued * per / self.lanes)
+                return self._retry_after(queued * per)
             if self.max_wait_s <= 0 or per <= 0:
                 return None
             ahead = self.images_ahead(n, mask_id)
-        wait = ahead * per / self.lanes
+        wait = ahead * per
         if wait <= self.max_wait_s:
             return None
         # when the wait falls to the bound; a request larger than the bound waits for the rest
-        alone = n * per / self.lanes
-        return self._retry_after(wait - self.max_wait_s if alone <= self.max_wait_s
-                                 else (ahead - n) * per / self.lanes)
+        return self._retry_after(wait - self.max_wait_s if n * per <= self.max_wait_s
+                                 else (ahead - n) * per)
 
     @contextmanager
     def hold(self) -> Iterator[None]:

@@ -24,6 +24,7 @@ import concurrent.futures
 import copy
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -188,6 +189,8 @@ class Engine:
         return self.lanes
 
     async def start(self) -> None:
+        if self.lanes > 1 and self.settings.gil_switch_ms > 0:
+            sys.setswitchinterval(self.settings.gil_switch_ms / 1000.0)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True

@@ -35,6 +35,9 @@ class Settings(SharedSettings):
     # CPU inference lanes: forward passes run side by side, each on one thread (0: this
     # process's cores). Pixels do not depend on it: every pass is single-threaded
     torch_threads: int = Field(0, ge=0, le=256)
+    # how long a thread may hold the GIL before another waiting one gets it (Python's default 5):
+    # a lane waiting to run its next small op waits this long behind the other lane's Python
+    gil_switch_ms: float = Field(0.5, ge=0, le=100)
     # uploads
     max_upload_bytes: int = 512 << 20
     max_unpacked_bytes: int = 2 << 30
