@@ -197,6 +197,12 @@ class Batcher:
             for r, start, c in chunks:
                 r.back = sorted([*r.back, (start, c)])
                 self._count(r.mask_id, c)
+            # the masks given back were not served: they take their turn first, or a step that
+            # ran only its first pass would move the round robin past all the others
+            for mask_id in reversed(list(dict.fromkeys(r.mask_id for r, _, _ in chunks))):
+                if mask_id in self._turn:
+                    self._turn.remove(mask_id)
+                self._turn.appendleft(mask_id)
             queued = set(map(id, self._queue))
             back = {id(r): r for r, _, _ in chunks if id(r) not in queued}
             self._queue = deque(sorted([*self._queue, *back.values()], key=lambda r: r.enqueued))

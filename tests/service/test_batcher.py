@@ -148,3 +148,18 @@ def test_a_light_domain_is_admitted_while_a_flood_on_another_is_refused():
     assert b.refusal(1, "flood") == 2  # (101 x 0.05 / 2) - 1 = 1.525 s -> 2
     b.submit("light", None, seed=0, n=1)
     assert b.images_ahead(4, "light") == 10  # 5 of its own and 5 of the flood's
+
+
+def test_masks_given_back_keep_their_turn():
+    """A step of 8 masks ran one pass and gave the rest back: those 7 come first in the next
+    step, before the mask whose pass ran, so none of them waits a second round."""
+    b = Batcher(queue_limit=10_000, max_batch=8, window_s=0)
+    for m in range(8):
+        b.submit(f"m{m}", None, seed=0, n=4)
+    step = b.take(8)  # one image of each mask
+    ran = [c for c in step if c[0].mask_id == "m0"]
+    b.give_back([c for c in step if c[0].mask_id != "m0"])
+    assert ran
+    b.submit("m0", None, seed=1, n=4)  # its client asks again at once
+    nxt = b.take(7)
+    assert [r.mask_id for r, _, _ in nxt] == [f"m{m}" for m in range(1, 8)]
