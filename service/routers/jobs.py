@@ -186,7 +186,8 @@ EVENT_SCHEMA = {"type": "object", "required": ["event", "data"], "properties": {
                        **errors(404, 422, 503)})
 async def follow_job_events(
     request: Request, job_id: str = JobId,
-    last_event_id: str | None = Header(None, pattern=LAST_EVENT_ID,
+    # `str`, not `str | None`: a header is absent or a string, never null in the schema
+    last_event_id: str = Header(None, pattern=LAST_EVENT_ID,  # type: ignore[assignment]
                                        description="resume after this event (what the stream sent)"),
     jobs: JobQueue = Depends(get_jobs),
 ) -> Response:
