@@ -15,22 +15,17 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from playwright import sync_api
 from slt_stack import TOKEN, Stack, copy_images
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path(os.environ.get("SLT_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
 SAMPLE_LOADED = ("() => { const i = document.querySelector('article.domain[data-domain=\"e2e-emoji\"] img.sample');"
                  " return i && i.complete && i.naturalWidth > 0; }")
 ITERATIONS = 16  # at batch 2 on a tiny base: seconds
 LONG_ITERATIONS = 5000  # 50 iterations per percent: the bar is seen moving, then cancelled
 
-if not CHROMIUM.is_file():  # .ci/run installs it: a missing browser is a failure, not a skip
-    pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)", pytrace=False)
-from playwright import sync_api  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +39,6 @@ def stack(tmp_path_factory, emoji_google_dir: Path):
         yield st
     finally:
         st.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def shot(page, tmp_path: Path, name: str) -> Path:

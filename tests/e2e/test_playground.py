@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from playwright import sync_api
 from slt_stack import TOKEN, Stack
 
 from service.settings import parse_base
@@ -22,9 +23,6 @@ from trainer.search import SearchConfig, random_mask
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path(os.environ.get("SLT_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
 LOADED = "(sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }"
 # the pixels the page shows, read back through a canvas as RGBA (the page's CSP lets it fetch
@@ -44,9 +42,6 @@ def shown(page, sel: str) -> bytes:
 def rgba(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGBA").tobytes()
 
-if not CHROMIUM.is_file():  # .ci/run installs it: a missing browser is a failure, not a skip
-    pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)", pytrace=False)
-from playwright import sync_api  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +60,6 @@ def stack(tmp_path_factory):
         yield st
     finally:
         st.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_playground_renders_reproducible_images_without_a_token(stack: Stack, browser, tmp_path):
