@@ -50,8 +50,7 @@ class Admission:
                 retry = batcher.refusal(n, mask_id)
                 if retry is not None:
                     await _refuse(send, retry, batcher.estimated_wait(n, mask_id))
-                    if batcher.metrics is not None:
-                        batcher.metrics.rejected.inc()
+                    batcher.count_refusal()
                     return
         await self.app(scope, receive, send)
 

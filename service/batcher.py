@@ -304,9 +304,13 @@ class Batcher:
         with self._cond:
             return self._queued
 
-    def _refused(self, retry_after: int, n: int, mask_id: str | None) -> None:
+    def count_refusal(self) -> None:
+        """One 429 more on the metrics (here, or answered early by service.admission)."""
         if self.metrics is not None:
             self.metrics.rejected.inc()
+
+    def _refused(self, retry_after: int, n: int, mask_id: str | None) -> None:
+        self.count_refusal()
         raise Saturated(retry_after, self.estimated_wait(n, mask_id))
 
     @staticmethod
