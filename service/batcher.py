@@ -220,7 +220,10 @@ class Batcher:
                 self._per_image_wall = (0.9 * self._per_image_wall + 0.1 * per
                                         if self._per_image_wall else per)
             self._last_done = now
-            return r.done == r.n
+            finished = r.done == r.n
+        if finished and self.metrics is not None:
+            self.metrics.engine_seconds.observe(now - r.enqueued)
+        return finished
 
     def record(self, images: int, seconds: float) -> None:
         """One forward pass's time (weights already built), for the wait estimate."""

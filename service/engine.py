@@ -4,8 +4,12 @@
 - Masks come from the RAM cache (`service.mask_cache`), domains from this replica's view of
   the registry (`service.domain_mirror`), requests from the queue (`service.batcher`).
 - The hot masks' weights (base x mask, plus the mask's BatchNorm statistics) live on the
-  device in an LRU cache bounded in bytes; pinned domains are never evicted. A forward pass is
-  `functional_call(base, weights, z)`, so switching domains is choosing a dict.
+  device in an LRU cache bounded in bytes; pinned domains are never evicted. A forward pass sets
+  a mask's tensors on the lane's TorchScript trace of the base and runs it, so switching domains
+  is choosing a dict. The trace runs the whole pass in C++ with the GIL released: eager PyTorch
+  takes the GIL back between every op, so a busy HTTP loop (a storm of 429s) would stall each
+  pass dozens of times; the trace's kernels are the eager ones (its optimiser is off), so the
+  pixels are the eager module's, bit for bit (tested).
 - Inference lanes (threads; one on CUDA, `SLT_TORCH_THREADS` or the machine's cores on a CPU)
   each take steps from the queue, run each mask's group and resolve the requests' futures; when
   idle they build the weights of a hot domain's newly promoted mask. On a CPU every forward pass
@@ -27,6 +31,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 import torch
-from torch.func import functional_call
 
 from service.batcher import Batcher, Chunk
 from service.domain_mirror import Change, DomainMirror
@@ -130,6 +134,38 @@ class WeightCache:
             return len(self._entries)
 
 
+class TracedBase:
+    """A TorchScript trace of the base whose tensors are set before each pass: a mask's weights
+    where it has them, the base's own elsewhere. One per lane: setting tensors is not safe while
+    another thread runs the same trace. The tensors are shared with the base, never copied."""
+
+    def __init__(self, base: torch.nn.Module, nz: int, device: torch.device):
+        # traced on a copy that shares the base's tensors (tracing must not touch the base)
+        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
+        # torch.jit is deprecated in favour of torch.compile/export, but those generate their own
+        # kernels (other pixels); the trace is the one way to run eager's kernels off the GIL
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module = torch.jit.trace(copy.deepcopy(base, memo=shared),
+                                          torch.zeros(2, nz, device=device), check_trace=False)
+        self._own = {**dict(base.named_parameters()), **dict(base.named_buffers())}
+        self._slots = []  # (the C++ submodule, attribute, full name) of every tensor
+        for name in self._own:
+            *path, attr = name.split(".")
+            sub = self.module
+            for part in path:
+                sub = getattr(sub, part)
+            self._slots.append((sub._c, attr, name))
+        self._loaded: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        if weights is not self._loaded:  # the same dict is the same mask (cached dicts are never
+            for sub, attr, name in self._slots:  # changed; `_loaded` keeps this one alive)
+                sub.setattr(attr, weights.get(name, self._own[name]))
+            self._loaded = weights
+        return self.module(z)
+
+
 def weight_bytes(weights: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in weights.values())
 
@@ -220,10 +256,9 @@ class Engine:
         if base_sha256(base) != sha:  # the copy to the device must be exact
             raise RuntimeError(f"base changed when moved to {self.device}")
         self.base, self.base_sha = base, sha
-        # functional_call swaps a module's tensors while it runs, so each lane has its own
-        # module: the same structure over the same (shared, frozen) tensors
-        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
-        self._lane_modules = [copy.deepcopy(base, memo=dict(shared)) for _ in range(self.lanes + 1)]
+        # a pass sets a mask's tensors on its module, so each lane has its own trace (and one
+        # more for callers outside the lanes), all over the same shared, frozen tensors
+        self._lane_traces = [TracedBase(base, self.spec.nz, self.device) for _ in range(self.lanes + 1)]
         self._params = dict(base.named_parameters())
         self.base_ready = True
         log.info("base %s built on %s in %.2f s: base_sha256=%s, %d inference lanes",
@@ -522,16 +557,16 @@ class Engine:
         if before != 1:  # a caller outside the lanes (maintenance, tests): the same arithmetic
             torch.set_num_threads(1)
         try:
-            with torch.inference_mode():
-                x = functional_call(self._module(), weights, (z.to(self.device),))
+            with torch.inference_mode(), torch.jit.optimized_execution(False):
+                x = self._trace()(weights, z.to(self.device))
         finally:
             if before != 1:
                 torch.set_num_threads(before)
         return x[:b]
 
-    def _module(self) -> torch.nn.Module:
-        """This lane's module (the last one for a caller outside the lanes)."""
-        return self._lane_modules[getattr(_lane, "index", self.lanes)]
+    def _trace(self) -> TracedBase:
+        """This lane's traced base (the last one for a caller outside the lanes)."""
+        return self._lane_traces[getattr(_lane, "index", self.lanes)]
 
     def _weights(self, mask_id: str, keep: set[str],
                  mask: MaskFile | None = None) -> dict[str, torch.Tensor]:
