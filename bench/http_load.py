@@ -26,15 +26,26 @@ from trainer.masks import MaskCatalog
 
 _SCRIPT = """
 local domains, n, max = {%s}, %d, %d
-local i, done = 0, 0
+local i, finished = 0, 0
+local threads = {}
+statuses = {}  -- global: done() reads each thread's through thread:get
+setup = function(thread) table.insert(threads, thread) end
 request = function()
   i = i + 1
   local d = domains[(i %% #domains) + 1]
   return wrk.format("GET", "/generate?n=" .. n .. "&seed=" .. i .. "&domain=" .. d)
 end
 response = function(status, headers, body)
-  done = done + 1
-  if done >= max then wrk.thread:stop() end
+  statuses[status] = (statuses[status] or 0) + 1
+  finished = finished + 1
+  if finished >= max then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %%d %%d\\n", k, v)) end
 end
 """
 log = logging.getLogger(__name__)
@@ -55,8 +66,9 @@ def parse_wrk(out: str) -> dict:
     seconds = _ms(re.search(r"requests in ([\d.]+(?:us|ms|s|m)),", out).group(1)) / 1e3
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    statuses = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
     return {"p50_ms": pct["50"], "p99_ms": pct["99"], "requests_per_s": rps, "requests": total,
-            "seconds": seconds, "non_2xx": non2xx, "socket_errors": sock}
+            "seconds": seconds, "non_2xx": non2xx, "socket_errors": sock, "statuses": statuses}
 
 
 def _rejected(url: str) -> float:
@@ -66,14 +78,20 @@ def _rejected(url: str) -> float:
 
 
 def _level(url: str, script: Path, c: int, duration_s: int, n: int) -> dict:
-    """One wrk level; 429s (from the server's own counter) told apart from errors."""
+    """One wrk level: the statuses as the script counted them, so 429s are told apart from
+    errors (any other non-200, and socket errors); the server's own 429 counter beside them
+    (it also counts refusals of requests wrk stopped waiting for at the end)."""
     before = _rejected(url)
     run_ = subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{duration_s}s", "--latency", "--timeout", "30s",
                            "-s", str(script), url], capture_output=True, text=True, timeout=duration_s + 120)
     res = parse_wrk(run_.stdout)
-    refused = int(_rejected(url) - before)
-    ok = res["requests"] - res["non_2xx"]
-    return {**res, "refused_429": refused, "errors": res["non_2xx"] - refused + res["socket_errors"],
+    statuses = res.pop("statuses")
+    if sum(statuses.values()) < res["requests"] - res["socket_errors"]:
+        raise RuntimeError(f"the wrk script counted {statuses} of {res['requests']} requests")
+    ok = statuses.get(200, 0)
+    return {**res, "refused_429": statuses.get(429, 0),
+            "refused_429_server": int(_rejected(url) - before),
+            "errors": sum(v for k, v in statuses.items() if k not in (200, 429)) + res["socket_errors"],
             "images_per_s": round(ok * n / res["seconds"], 2)}
 
 

@@ -25,7 +25,7 @@ def bare_path(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("target, override, package", [
-    ("test", {"SLT_CHROMIUM": "/nonexistent/chromium"}, "chromium"),
+    ("test", {"SLT_CHROMIUM": "/nonexistent/chromium"}, "chromium wrk"),
     ("bench", {"SLT_WRK": "wrk-not-here"}, "wrk"),
     ("bench-quick", {"SLT_WRK": "wrk-not-here"}, "wrk"),
 ])
@@ -44,11 +44,13 @@ def test_make_stops_first_naming_the_command_when_a_package_is_missing(
 
 
 def test_the_check_passes_where_the_executable_is_there(bare_path, tmp_path):
-    exe = tmp_path / "chromium"
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    for name in ("chromium", "wrk"):
+        exe = tmp_path / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     r = subprocess.run([str(ROOT / "scripts" / "prereqs.sh"), "test"], capture_output=True, text=True,
-                       env={"PATH": bare_path, "SLT_CHROMIUM": str(exe)}, timeout=30)
+                       env={"PATH": bare_path, "SLT_CHROMIUM": str(tmp_path / "chromium"),
+                            "SLT_WRK": str(tmp_path / "wrk")}, timeout=30)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

@@ -1,0 +1,78 @@
+"""The load generators count what the server answered: 200s, 429s and errors apart, against
+the server's own tally (a stdlib HTTP server answering by the request's seed)."""
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from bench import http_load, open_loop
+
+STATUS_BY_SEED = (200, 429, 503)  # seed % 3
+
+
+@pytest.fixture
+def counting_server():
+    tally: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the API
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            url = urlparse(self.path)
+            if url.path == "/metrics":
+                with lock:
+                    body = f"slt_generate_rejected_total {float(tally[429])}\n".encode()
+                status = 200
+            else:
+                status = STATUS_BY_SEED[int(parse_qs(url.query)["seed"][0]) % 3]
+                body = b"{}"
+                with lock:
+                    tally[status] += 1
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", tally
+    finally:
+        server.shutdown()
+
+
+def test_open_loop_counts_429s_apart_from_errors(counting_server) -> None:
+    url, tally = counting_server
+    res = open_loop.run(url, rate=150, duration_s=1.0, connections=4,
+                        path=lambda i: f"/generate?seed={i}&domain=d")
+    assert res["sent"] == 150 and sum(tally.values()) == 150  # every arrival was answered
+    assert res["ok"] == tally[200] == 50
+    assert res["refused_429"] == tally[429] == 50
+    assert res["errors"] == tally[503] == 50  # a 503 is an error; a 429 is not
+
+
+def test_wrk_level_counts_statuses_from_its_own_script(counting_server, tmp_path) -> None:
+    assert shutil.which("wrk"), "wrk is not installed (make test installs it: scripts/prereqs.sh)"
+    url, tally = counting_server
+    script = tmp_path / "load.lua"
+    script.write_text(http_load._SCRIPT % ('"d"', 1, 10_000_000))
+    res = http_load._level(url, script, c=2, duration_s=1, n=1)
+    answered = sum(tally.values())
+    counted = res["requests"]
+    # wrk stops with at most one request in flight per connection, which the server answered
+    assert answered - 2 <= counted <= answered
+    assert res["requests"] > 30 and res["socket_errors"] == 0
+    for status, key in ((200, None), (429, "refused_429")):
+        assert tally[status] - 2 <= (res[key] if key else round(res["images_per_s"] * res["seconds"])) <= tally[status]
+    assert tally[503] - 2 <= res["errors"] <= tally[503]  # the 503s, and only they, are errors
+    assert res["refused_429_server"] == tally[429]
