@@ -3,7 +3,9 @@ at most `max_batch` images shared between the masks (domains) with waiting reque
 round robin weighted by images: each step every waiting mask is offered an equal quantum, what
 one leaves unused goes to the others, and the next step starts after the last mask served. So
 a flood on one domain cannot starve another (a light domain's request waits about one step,
-not behind the whole flood), and each mask's share still runs as one group. Also queues
+not behind the whole flood), and each mask's share still runs as one group. On a CPU a step is
+one mask's forward pass (`one_mask_steps`): the masks take passes in turn, so a domain waits
+at most one pass of each other waiting domain. Also queues
 warm-ups (weights to build while idle) and lets maintenance hold the inference loop.
 
 Admission is by the estimated wait, not the queue's length: a request is refused (Saturated,
@@ -61,8 +63,12 @@ class Batcher:
     """A bounded queue of `Request`s and the inference loop's source of work."""
 
     def __init__(self, queue_limit: int, max_batch: int, window_s: float,
-                 metrics: ServingMetrics | None = None, max_wait_s: float = 0.0, lanes: int = 1):
+                 metrics: ServingMetrics | None = None, max_wait_s: float = 0.0, lanes: int = 1,
+                 one_mask_steps: bool = False):
         self.queue_limit, self.max_batch, self.window_s = queue_limit, max(1, max_batch), window_s
+        # a step of one mask (the next in turn, up to max_batch images): on a CPU, where a step
+        # is one forward pass per lane; otherwise steps are shared between masks (a GPU's batch)
+        self.one_mask_steps = one_mask_steps
         self.max_wait_s = max_wait_s  # 0: no bound on the estimated wait
         self.lanes = max(1, lanes)  # passes that run at once
         self.metrics = metrics
@@ -78,6 +84,7 @@ class Batcher:
         # pass times miss, the lanes' waits for the GIL, the event loop and encoding among them
         self._per_image_wall = 0.0
         self._last_done = 0.0
+        self._busy_at_last_done = False
         self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
 
@@ -148,8 +155,10 @@ class Batcher:
             chunks: list[Chunk] = []
             served: list[str] = []
             while cap > 0 and waiting:
-                quantum = max(1, cap // len(waiting))
+                quantum = cap if self.one_mask_steps else max(1, cap // len(waiting))
                 for mask_id in list(self._turn):
+                    if served and self.one_mask_steps:
+                        break
                     if cap == 0 or mask_id not in waiting:
                         continue
                     allowance = self._deficit.get(mask_id, 0) + quantum
@@ -170,8 +179,10 @@ class Batcher:
                     if not any(r.untaken for r in waiting[mask_id]):
                         del waiting[mask_id]
                         self._deficit.pop(mask_id, None)
-                    else:
+                    elif not self.one_mask_steps:  # one mask a step: its turn is its quantum
                         self._deficit[mask_id] = allowance
+                if served and self.one_mask_steps:
+                    break
             if served:  # the next step starts after the last mask served
                 last = served[-1]
                 while self._turn and self._turn[0] != last:
@@ -215,11 +226,14 @@ class Batcher:
             r.done += count
             now = time.monotonic()
             gap = now - self._last_done
-            if self._last_done and gap < BUSY_GAP_S:
+            # only a gap the engine was busy through measures its rate: images were waiting at
+            # the last completion (an idle gap, a warm-up's, would make every estimate too long)
+            if self._last_done and self._busy_at_last_done and gap < BUSY_GAP_S:
                 per = gap / count
                 self._per_image_wall = (0.9 * self._per_image_wall + 0.1 * per
                                         if self._per_image_wall else per)
             self._last_done = now
+            self._busy_at_last_done = self._queued > 0
             finished = r.done == r.n
         if finished and self.metrics is not None:
             self.metrics.engine_seconds.observe(now - r.enqueued)

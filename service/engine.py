@@ -202,9 +202,14 @@ class Engine:
         # this host's mask files in use (served by a domain, or pinned) are evicted last
         catalog.protected = self.masks_in_use
         self._republishing = threading.Lock()
-        self.batcher = Batcher(settings.queue_limit, self.max_batch,
+        # on a CPU a step is one pass of one mask: each lane takes the next mask in turn, so no
+        # domain waits behind passes another lane holds (a step of many masks, cut into passes,
+        # would keep the later masks from the other lanes and run the largest group last)
+        cpu = self.device.type != "cuda"
+        self.batcher = Batcher(settings.queue_limit, self.slice_images if cpu else self.max_batch,
                                max(0.0, settings.batch_window_ms) / 1000.0, self.metrics,
-                               max_wait_s=max(0.0, settings.max_wait_ms) / 1000.0, lanes=self.lanes)
+                               max_wait_s=max(0.0, settings.max_wait_ms) / 1000.0, lanes=self.lanes,
+                               one_mask_steps=cpu)
         self._cache = WeightCache(settings.device_cache_bytes)
         self._spare: dict[str, torch.Tensor] | None = None  # an evicted entry's buffers, reused
         self._build = threading.Lock()  # one cold build at a time (it may reuse `_spare`)
@@ -501,10 +506,12 @@ class Engine:
                         del self._in_use[m]
 
     def _step(self, chunks: list[Chunk]) -> None:
-        """Run a step's chunks by mask, the smallest group first (a light domain's request is
-        answered before a flood's share runs), in forward passes of at most `slice_images`;
-        between passes, if a request of a mask that has no pass left in this step is waiting,
-        the chunks not yet run go back to the batcher, so it waits one pass, not a whole step."""
+        """Run a step's chunks by mask, in the round robin's order (as take() gave them), in
+        forward passes of at most `slice_images`; between passes, if a request of a mask that has
+        no pass left in this step is waiting, the chunks not yet run go back to the batcher, so
+        it waits one pass, not a whole step. (Not the smallest group first: with a give-back
+        after nearly every pass, the mask with the longest backlog would always be last and
+        never run.) On a CPU a step is one mask's pass (Batcher.one_mask_steps)."""
         if not chunks:
             return
         groups: dict[str, list[Chunk]] = {}
@@ -515,8 +522,7 @@ class Engine:
 
     def _run_passes(self, groups: dict[str, list[Chunk]]) -> None:
         t0 = time.perf_counter()
-        passes = [(mask_id, part) for mask_id, group in
-                  sorted(groups.items(), key=lambda kv: sum(c for _, _, c in kv[1]))
+        passes = [(mask_id, part) for mask_id, group in groups.items()
                   for part in _slices(group, self.slice_images)]
         total = 0
         for i, (mask_id, part) in enumerate(passes):

@@ -163,3 +163,53 @@ def test_masks_given_back_keep_their_turn():
     b.submit("m0", None, seed=1, n=4)  # its client asks again at once
     nxt = b.take(7)
     assert [r.mask_id for r, _, _ in nxt] == [f"m{m}" for m in range(1, 8)]
+
+
+# one mask a step (a CPU's lanes) ----------------------------------------------------------
+
+
+def test_one_mask_steps_starve_no_mask_under_a_closed_loop():
+    """Eight domains, each client sending its next request as soon as one is served, and one
+    domain with a long backlog: with a step of one mask, every waiting mask is served once in
+    every round of eight steps (the order a plain round robin gives), the backlog included."""
+    b = Batcher(queue_limit=100_000, max_batch=4, window_s=0, one_mask_steps=True)
+    masks = [f"m{i}" for i in range(8)]
+    for i in range(40):
+        b.submit("m0", None, seed=i, n=2)  # the backlog: 80 images
+    for m in masks[1:]:
+        b.submit(m, None, seed=0, n=1)
+    served = []
+    for _ in range(64):
+        step = b.take(4)
+        assert len({r.mask_id for r, _, _ in step}) == 1 and sum(c for _, _, c in step) <= 4
+        m = step[0][0].mask_id
+        served.append(m)
+        if m != "m0":
+            b.submit(m, None, seed=len(served), n=1)  # that client's next request
+    for k in range(0, 64, 8):
+        assert sorted(served[k:k + 8]) == masks, served[k:k + 8]
+
+
+def test_an_idle_gap_between_completions_does_not_lengthen_the_wait_estimate(monkeypatch):
+    """The wall-clock rate counts only gaps the engine was busy through: a lone request after
+    0.4 s idle is not '0.2 s an image' (which would refuse the next burst at once)."""
+    import service.batcher as batcher_mod
+
+    now = [100.0]
+    monkeypatch.setattr(batcher_mod.time, "monotonic", lambda: now[0])
+    b = Batcher(queue_limit=10_000, max_batch=4, window_s=0, max_wait_s=1.0)
+    b.record(2, 0.02)  # a pass: 10 ms an image
+    for _ in range(2):  # two lone requests, 0.4 s apart, the queue empty at each completion
+        b.submit("m", None, seed=0, n=2)
+        (r, _, c), = b.take(4)
+        assert b.written(r, c)
+        now[0] += 0.4
+    assert b.estimated_wait(50, "m") == 50 * 0.01
+    # busy: images still waiting at each completion, so the gaps are the engine's rate
+    for i in range(4):
+        b.submit("m", None, seed=i, n=2)
+    for _ in range(3):
+        (r, _, c), = b.take(2)
+        now[0] += 0.1
+        b.written(r, c)
+    assert b.estimated_wait(10, "m") > 10 * 0.01  # 50 ms an image measured, not the pass's 10

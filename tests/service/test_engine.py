@@ -108,6 +108,7 @@ def test_image_never_depends_on_its_batch(running, masks):
 def test_steps_group_requests_by_mask(running, masks):
     r = running(max_batch=8)
     e = r.engine
+    e.batcher.one_mask_steps = False  # the GPU's steps, shared between masks, run on the CPU
     a, b = (_add(r.state, m) for m in masks[:2])
     with e.hold():
         futs = [e.submit(m, s, 2) for s, m in enumerate([a, b, a, b, a, b])]
@@ -120,9 +121,27 @@ def test_steps_group_requests_by_mask(running, masks):
         assert f.result(60).shape == (2, 64, 64, 3)
 
 
+def test_on_a_cpu_each_step_is_one_pass_of_the_next_mask_in_turn(running, masks):
+    r = running(max_batch=32, step_slice_images=4)
+    e = r.engine
+    ids = [_add(r.state, m) for m in masks[:3]]
+    data = dict(zip(ids, masks[:3]))
+    with e.hold():
+        futs = {(m, s): e.submit(m, s, 6) for s in range(2) for m in ids}  # 12 images a mask
+        steps = [e.batcher.take(e.batcher.max_batch) for _ in range(9)]
+    # one mask a step, at most one pass (4 images), the masks in turn: a b c a b c a b c
+    assert [{c[0].mask_id for c in st} for st in steps] == [{m} for m in ids * 3]
+    assert all(sum(c for _, _, c in st) == 4 for st in steps) and e.queue_depth() == 0
+    for st in steps:
+        e._step(st)
+    for (m, s), f in futs.items():
+        assert np.array_equal(f.result(60), reference(data[m], s, 6))
+
+
 def test_a_step_yields_to_a_newly_waiting_domain_after_one_pass(running, masks):
     r = running(max_batch=32, step_slice_images=8)
     e = r.engine
+    e.batcher.one_mask_steps = False  # the GPU's steps, shared between masks, run on the CPU
     a, b = (_add(r.state, m) for m in masks[:2])
     data = dict(zip((a, b), masks[:2]))
     with e.hold():
