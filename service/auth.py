@@ -14,6 +14,8 @@ from service.errors import Forbidden, Unauthorized
 _bearer = HTTPBearer(auto_error=False, description="SLT_ADMIN_TOKEN")
 
 
+# the dependencies are `async def`: they never block, and a plain `def` would cost each request
+# a hop to FastAPI's thread pool (see service/deps.py)
 def _bearer_token(request: Request) -> bytes:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip().encode() if scheme.lower() == "bearer" else b""
@@ -24,7 +26,7 @@ def _matches(given: bytes, *tokens: str | None) -> bool:
     return bool(given) and sum(hmac.compare_digest(given, t.encode()) for t in tokens if t) > 0
 
 
-def require_reader(request: Request) -> None:
+async def require_reader(request: Request) -> None:
     """With SLT_READ_TOKEN set, the read token or the admin token; without it, nothing. The
     header is read directly, not through a security scheme, so the OpenAPI document of a public
     deployment (the default) claims no security its reads do not have."""
@@ -36,7 +38,7 @@ def require_reader(request: Request) -> None:
                            "(Authorization: Bearer <token>)")
 
 
-def require_admin(request: Request,
+async def require_admin(request: Request,
                   creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     token = request.app.state.settings.admin_token
     if not token:

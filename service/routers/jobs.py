@@ -109,7 +109,7 @@ class Job(BaseModel):
         None, description="recent [iteration, loss] points; in GET /jobs/{job_id} only")
 
 
-def get_jobs(state: AppState = Depends(get_state)) -> JobQueue:
+async def get_jobs(state: AppState = Depends(get_state)) -> JobQueue:
     return state.jobs
 
 

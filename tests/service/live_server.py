@@ -17,6 +17,7 @@ import torch
 import uvicorn
 from PIL import Image
 
+from service.admission import PacedHttpToolsProtocol
 from service.app import create_app
 from service.settings import Settings, parse_base
 from store.connection import free_port
@@ -75,7 +76,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+                                                    log_level="warning", lifespan="on",
+                                                    http=PacedHttpToolsProtocol))  # as python -m service
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -250,7 +250,9 @@ def test_concurrent_clients_mixing_domains_get_what_they_would_alone(server, mas
     text = httpx.get(f"{server.url}/metrics").text
     single = float(re.search(r'slt_batch_domains_bucket\{le="1.0"\} (\S+)', text).group(1))
     steps = float(re.search(r"slt_batch_domains_count (\S+)", text).group(1))
-    assert steps > single, "no inference step ever mixed domains"
+    # on a CPU a step is one mask's pass, the masks taking turns (Batcher.one_mask_steps): the
+    # images above are each the reference's whatever ran beside them, in other lanes' steps
+    assert steps == single > 0, "a CPU step mixed masks"
 
 
 # errors ------------------------------------------------------------------------------
