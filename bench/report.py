@@ -238,19 +238,34 @@ def render(r: dict) -> str:
                   "(`bench/open_loop.py`, httpx): a constant arrival rate, a multiple of the closed "
                   "loop's images/s at 16 connections, over at most that many connections, "
                   f"{r['http_open_duration_s']} s a level; latency from each request's arrival. 429s "
-                  "(the server's own counter) are counted apart from errors (5xx, socket errors); "
+                  "(counted by wrk's script, by status) are counted apart from errors (any other status, "
+                  "socket errors); "
                   "images/s counts 200s only. The load generator shares the machine's cores.", ""]
-        lines += ["Where the cores went before this design (py-spy on the API at 64 connections, width "
-                  "0.25, and the engine's own step metrics): the event loop was idle 90% of the time and "
-                  "the one inference thread busy 83% in convolutions and upsampling, but its steps "
-                  "averaged 2.3 images, because a step yielded to any newly waiting domain after one "
-                  "pass and, with 8 domains, one always was; and each pass split its small convolutions "
-                  "over 2 OpenMP threads, which spend the time in barriers (a 2-image pass at 2 threads "
-                  "was slower than at 1 whenever anything else ran on the cores: wrk, PNG encoding, a "
-                  "search). Now each pass runs on one thread and passes run side by side, one inference "
-                  "lane per core (`SLT_TORCH_THREADS`), and a request that could not start within "
-                  "`SLT_MAX_WAIT_MS` is refused in the ASGI layer before routing (service/admission.py), "
-                  "so a refusal skips routing, validation and the dependencies.", ""]
+        lines += ["Where the cores went, and what changed (py-spy and `top -H` on the API, width 0.25, "
+                  "8 domains, wrk on the same 2 cores):", "",
+                  "- **GIL convoy.** Eager PyTorch takes the GIL back between every op, so two "
+                  "single-thread lanes beside a busy event loop reached 66 images/s where the forward "
+                  "alone does 95 per core. Each lane now runs a TorchScript trace of the base (eager's "
+                  "kernels, its optimiser off: the same pixels, tested), which runs the whole pass "
+                  "off the GIL: 89 images/s at 16 connections.",
+                  "- **A starved domain.** Steps were cut into passes run smallest group first, "
+                  "yielding after each pass to any newly waiting domain; with 8 domains one always "
+                  "was, so the domain with the longest backlog ran last every step and waited 5 s "
+                  "(p99 5.8 s at 64 connections, no 429). On a CPU a step is now one mask's pass, "
+                  "the masks in turn: p99 0.55 s at 64.",
+                  "- **Thread hops.** Plain `def` dependencies ran in FastAPI's thread pool, about an "
+                  "eighth of the event loop's time; they are `async def` now.",
+                  "- **The 429 storm.** At 256 connections a closed loop retries each refusal at once: "
+                  "the event loop ran at 100% of a core answering them and each lane got 57%. A "
+                  "refusal is still answered at once, in the ASGI layer before routing "
+                  "(service/admission.py), but its connection is not read again until the estimate "
+                  "says its request could start (at least half of `SLT_MAX_WAIT_MS`, at most the "
+                  "Retry-After), as a client honouring Retry-After would wait. wrk's latency for the "
+                  "request sent after a 429 includes that pause.",
+                  "- **False 429s.** The wall-clock rate counted an idle gap before a lone request as "
+                  "busy time; it now counts only gaps with images waiting.", "",
+                  "wrk's percentiles are over every response, 429s included; the open loop's are over "
+                  "the 200s, from each request's scheduled arrival.", ""]
         for w, res in r["http_widths"].items():
             lines += [f"### {w.replace('_', ' ')} ({res.get('lanes')} inference lanes, "
                       f"SLT_MAX_WAIT_MS {res.get('max_wait_ms')})", "",
