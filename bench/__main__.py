@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> dict:
             [(1.0, 16), (1.0, 64), (0.25, 16)] if q else [(1.0, 16), (1.0, 64), (0.25, 16), (0.25, 64)],
             device=dev, steps=2 if q else 3, trials=3, warmup=1 if q else 2),
         "http": lambda: http_load.run(widths=(0.25, 1.0), duration_s=10 if q else 20,
-                                      open_duration_s=8 if q else 15),
+                                      open_duration_s=8 if q else 15,
+                                      search_nice=(10,) if q else (10, 0)),
         "domains": lambda: domains.main(["--domains", "1000" if q else "10000", "--zipf-over", "1000",
                                          "--requests", "300" if q else "2000", "--device", dev]),
     }

@@ -29,7 +29,8 @@ def run(width: float = 0.25, requests: int = 60, n: int = 1, flood_clients: int 
     redis = EmbeddedRedis(tmp / "redis").start()
     settings = Settings(home=tmp / "home", redis_url=redis.url, base=f"width={width}", device="cpu",
                         max_batch=max_batch, batch_window_ms=5, queue_limit=1 << 20,
-                        device_cache_bytes=1 << 40, admin_token=None)
+                        device_cache_bytes=1 << 40, admin_token=None,
+                        max_wait_ms=0)  # no admission here: http_load measures that
     b = Bench(settings)
     try:
         e = b.engine

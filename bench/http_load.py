@@ -2,14 +2,20 @@
 resident domains: `wrk` (Debian's package, a closed loop) at 16, 64 and 256 connections, then
 an open loop (bench.open_loop: constant arrival rate, latency from the arrival) below and above
 the capacity wrk found. Reports p50/p99, images/s (200s only), 429s (the server's own counter)
-and errors (5xx and socket errors) apart."""
+and errors (5xx and socket errors) apart. At the first width, wrk at 16 connections again beside a
+mask search on the same host (`python -m trainer search`, a process of its own, as a worker runs
+one) at each of `search_nice` niceness levels: what a search does to serving, and what keeps
+serving first (SLT_SEARCH_NICE)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -97,7 +103,8 @@ def _level(url: str, script: Path, c: int, duration_s: int, n: int) -> dict:
 
 def run(widths: tuple[float, ...] = (0.25, 1.0), clients: tuple[int, ...] = (16, 64, 256),
         duration_s: int = 20, n: int = 1, open_rates: tuple[float, ...] = (0.8, 1.5),
-        open_duration_s: int = 10, cache: Path | None = None) -> dict:
+        open_duration_s: int = 10, cache: Path | None = None,
+        search_nice: tuple[int, ...] = (10, 0), dataset: Path | None = None) -> dict:
     """wrk (closed loop) at each connection count, then the open loop (bench.open_loop) at
     `open_rates` x the closed loop's images/s at 16 connections, at each connection count, for
     every width; each width on a fresh replica with 8 resident domains."""
@@ -105,22 +112,27 @@ def run(widths: tuple[float, ...] = (0.25, 1.0), clients: tuple[int, ...] = (16,
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
     out: dict = {"http_n": n, "http_duration_s": duration_s, "http_open_duration_s": open_duration_s,
                  "http_widths": {}}
-    for width in widths:
+    for i, width in enumerate(widths):
         out["http_widths"][f"width_{width:g}"] = _width(width, clients, duration_s, n, open_rates,
-                                                       open_duration_s, cache)
+                                                       open_duration_s, cache,
+                                                       search_nice if i == 0 else (), dataset)
     ws = out["http_widths"]
     out["http_errors"] = sum(lv["errors"] for w in ws.values()
                              for lv in [*w["closed"].values(), *w["open"]])
-    out["http_flat"] = {k: round(min(w["closed"][str(c)]["images_per_s"] for c in clients if c != 16)
-                                 / w["closed"]["16"]["images_per_s"], 3) for k, w in ws.items()}
+    base = clients[0]  # the level the others are measured against (16 in every run of ours)
+    others = [c for c in clients if c != base]
+    out["http_flat"] = {k: round(min(w["closed"][str(c)]["images_per_s"] for c in others)
+                                 / w["closed"][str(base)]["images_per_s"], 3)
+                        for k, w in ws.items()} if others else {}
     out["http_p99_max_ms"] = {k: max(w["closed"][str(c)]["p99_ms"] for c in clients) for k, w in ws.items()}
-    out["http_tail_16"] = {k: round(w["closed"]["16"]["p99_ms"] / w["closed"]["16"]["p50_ms"], 2)
+    out["http_tail_16"] = {k: round(w["closed"][str(base)]["p99_ms"] / w["closed"][str(base)]["p50_ms"], 2)
                            for k, w in ws.items()}
     return out
 
 
 def _width(width: float, clients: tuple[int, ...], duration_s: int, n: int, open_rates: tuple[float, ...],
-           open_duration_s: int, cache: Path | None) -> dict:
+           open_duration_s: int, cache: Path | None, search_nice: tuple[int, ...] = (),
+           dataset: Path | None = None) -> dict:
     masks, _ = make_masks(f"width={width}", 8, cache or Path(tempfile.gettempdir()) / "slt-bench-masks")
     tmp = Path(tempfile.mkdtemp(prefix="slt-bench-http-"))
     res: dict = {"closed": {}, "open": []}
@@ -153,4 +165,44 @@ def _width(width: float, clients: tuple[int, ...], duration_s: int, n: int, open
                     res["open"].append({**lv, "rate_x_capacity": f,
                                         "images_per_s": round(lv["ok_per_s"] * n, 2)})
                     log.info("http width %g: open loop %.1f/s over %d: %s", width, f * capacity, c, lv)
+            if search_nice:
+                res["beside_search"] = {}
+            for nice in search_nice:
+                with _search_process(width, nice, tmp, dataset):
+                    lv = _level(url, script, clients[0], duration_s, n)
+                res["beside_search"][str(nice)] = {**lv, "connections": clients[0]}
+                log.info("http width %g: wrk %d connections beside a search at nice %d: %s",
+                         width, clients[0], nice, lv)
     return res
+
+
+class _search_process:
+    """A mask search in a process of its own at CPU niceness `nice` (as a worker sets it from
+    SLT_SEARCH_NICE), running its steps before the load starts and stopped after it."""
+
+    def __init__(self, width: float, nice: int, tmp: Path, dataset: Path | None):
+        self.dataset = dataset or Path(os.environ.get("SLT_HOME", "var")) / "datasets" / "emoji-google"
+        if not self.dataset.exists():
+            raise RuntimeError(f"no dataset at {self.dataset} (make data)")
+        self.args = [sys.executable, "-m", "trainer", "search", "--dataset", str(self.dataset),
+                     "--preset", "demo", "--width", f"{width:g}", "--iterations", "1000000",
+                     "--device", "cpu", "--out", str(tmp / f"beside-{nice}.safetensors")]
+        self.nice, self.log = nice, tmp / f"beside-{nice}.log"
+
+    def __enter__(self) -> _search_process:
+        self.fh = self.log.open("wb")
+        self.proc = subprocess.Popen(self.args, stdout=self.fh, stderr=subprocess.STDOUT,
+                                     preexec_fn=lambda: os.nice(self.nice))
+        deadline = time.monotonic() + 300
+        while b"it/s" not in self.log.read_bytes() and b"s/it" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:  # its steps never began
+                self.__exit__()
+                raise RuntimeError(f"the search beside serving did not start: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.fh.close()

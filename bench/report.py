@@ -277,6 +277,20 @@ def render(r: dict) -> str:
                              [[f"{x['rate_per_s']:.1f} ({x['rate_x_capacity']:g}x)", x["connections"], x["sent"],
                                x["images_per_s"], x["p50_ms"], x["p90_ms"], x["p99_ms"], x["refused_429"],
                                x["errors"]] for x in res["open"]]), ""]
+            if res.get("beside_search"):
+                c = next(iter(res["beside_search"].values()))["connections"]
+                alone = res["closed"][str(c)]
+                rows = [["no search", alone, 1.0]] + [
+                    [nice, x, x["images_per_s"] / alone["images_per_s"]]
+                    for nice, x in res["beside_search"].items()]
+                lines += ["Beside a mask search on the same host (`python -m trainer search --preset "
+                          "demo`, its own process and torch threads, at the niceness a worker takes "
+                          f"from `SLT_SEARCH_NICE`), wrk at {c} connections:", "",
+                          _table(["search niceness", "images/s (x alone)", "p50 ms", "p99 ms",
+                                  "p99 / p50", "429s", "errors"],
+                                 [[nice, f"{x['images_per_s']} ({ratio:.2f}x)", x["p50_ms"], x["p99_ms"],
+                                   round(x["p99_ms"] / x["p50_ms"], 1), x["refused_429"], x["errors"]]
+                                  for nice, x, ratio in rows]), ""]
     if "domains_registered" in r:
         d = r["domains_registered"]
         lines += ["## Many domains on one replica", "",

@@ -212,7 +212,8 @@ def run(args: argparse.Namespace) -> dict:
     redis = EmbeddedRedis(tmp / "redis").start()
     settings = Settings(home=tmp / "home", redis_url=redis.url, base=base, device=args.device,
                         torch_threads=args.threads, max_batch=args.max_batch, batch_window_ms=5,
-                        queue_limit=1 << 20, device_cache_bytes=1 << 40, admin_token=None)
+                        queue_limit=1 << 20, device_cache_bytes=1 << 40, admin_token=None,
+                        max_wait_ms=0)  # no admission here: http_load measures that
     rss0 = rss_bytes()
     b = Bench(settings)
     e = b.engine

@@ -83,9 +83,8 @@ def test_a_removed_domain_is_not_seeded_again(ctx, tmp_path):
     assert seed_shipped_masks(ctx, shipped) == []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", DEMO_DATASETS)
-def test_a_shipped_mask_fits_the_make_run_base_and_beats_a_random_mask(name, request, tmp_home):
+def test_a_shipped_mask_fits_the_make_run_base_and_records_its_margin(name):
     data = (SHIPPED / f"{name}.safetensors").read_bytes()
     assert len(data) <= 1_500_000
     mask = decode_mask(data)
@@ -94,6 +93,16 @@ def test_a_shipped_mask_fits_the_make_run_base_and_beats_a_random_mask(name, req
     assert mask.meta["domain"] == name
     recorded = mask.info()["metrics"]
     assert recorded["kid"] <= 0.35 * recorded["random_mask_kid"], recorded
+
+
+@pytest.mark.slow
+def test_a_shipped_mask_measured_again_beats_a_random_mask(request, tmp_home):
+    """Both shipped files come from the same search and evaluation code: measuring one again on
+    Inception (about 2.5 min on 2 cores) checks that code's record."""
+    name = DEMO_DATASETS[0]
+    mask = decode_mask((SHIPPED / f"{name}.safetensors").read_bytes())
+    spec = parse_base(default_base())
+    recorded = mask.info()["metrics"]
 
     # measured again, smaller (256 generated vs 320 real), on the standard FID Inception
     ds = open_dataset(request.getfixturevalue(f"emoji_{name.split('-')[1]}_dir"))
