@@ -5,7 +5,8 @@ one leaves unused goes to the others, and the next step starts after the last ma
 a flood on one domain cannot starve another (a light domain's request waits about one step,
 not behind the whole flood), and each mask's share still runs as one group. On a CPU a step is
 one mask's forward pass (`one_mask_steps`): the masks take passes in turn, so a domain waits
-at most one pass of each other waiting domain. Also queues
+at most one pass of each other waiting domain, and a domain that had nothing waiting goes
+first (every other step at most), so a light domain waits about one pass behind any flood. Also queues
 warm-ups (weights to build while idle) and lets maintenance hold the inference loop.
 
 Admission is by the estimated wait, not the queue's length: a request is refused (Saturated,
@@ -87,6 +88,7 @@ class Batcher:
         self._busy_at_last_done = False
         self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
+        self._bypassed = False  # the last step served a newly waiting mask ahead of the turn
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
                shape: tuple[int, int, int] = (64, 64, 3),
@@ -148,9 +150,13 @@ class Batcher:
             for r in live:
                 if r.untaken:
                     waiting.setdefault(r.mask_id, []).append(r)
-            # round-robin order: masks already waiting keep their turn, new ones join the end
-            self._turn = deque([m for m in self._turn if m in waiting]
-                               + [m for m in waiting if m not in self._turn])
+            # round-robin order: masks already waiting keep their turn; a mask that had nothing
+            # waiting (a light domain's lone request) goes first, as a new flow does in FQ-CoDel,
+            # so behind a flood over D domains it waits one pass, not D. At most every other
+            # step, so a stream of new domains cannot starve one with a backlog.
+            kept = [m for m in self._turn if m in waiting]
+            new = [m for m in waiting if m not in self._turn]
+            self._turn = deque(kept + new if self._bypassed else new + kept)
             self._deficit = {m: d for m, d in self._deficit.items() if m in waiting}
             chunks: list[Chunk] = []
             served: list[str] = []
@@ -184,6 +190,7 @@ class Batcher:
                 if served and self.one_mask_steps:
                     break
             if served:  # the next step starts after the last mask served
+                self._bypassed = bool(kept) and served[0] in new
                 last = served[-1]
                 while self._turn and self._turn[0] != last:
                     self._turn.rotate(-1)
