@@ -31,6 +31,8 @@ from service.errors import NotRunning, Saturated
 from service.metrics import ServingMetrics
 from trainer.masks import MaskFile
 
+RECENT_DECAY = 0.9  # per step: a mask's service of about the last ten steps counts
+
 
 @dataclass(eq=False)
 class Request:
@@ -89,6 +91,7 @@ class Batcher:
         self._deficit: dict[str, int] = {}  # images each waiting mask may still take (DRR)
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
         self._bypassed = False  # the last step served a newly waiting mask ahead of the turn
+        self._recent: dict[str, float] = {}  # images served per mask, decayed by RECENT_DECAY a step
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
                shape: tuple[int, int, int] = (64, 64, 3),
@@ -154,9 +157,14 @@ class Batcher:
             # waiting (a light domain's lone request) goes first, as a new flow does in FQ-CoDel,
             # so behind a flood over D domains it waits one pass, not D. At most every other
             # step, so a stream of new domains cannot starve one with a backlog.
+            # Among those, the one served least lately (images, decayed per step) first, and only
+            # ahead of a turn whose head was served as much or more: a flood's domain that emptied for a
+            # moment is not a light domain.
             kept = [m for m in self._turn if m in waiting]
-            new = [m for m in waiting if m not in self._turn]
-            self._turn = deque(kept + new if self._bypassed else new + kept)
+            new = sorted((m for m in waiting if m not in self._turn), key=lambda m: self._recent.get(m, 0.0))
+            ahead = new and not self._bypassed and (
+                not kept or self._recent.get(new[0], 0.0) <= self._recent.get(kept[0], 0.0))
+            self._turn = deque(new + kept if ahead else kept + new)
             self._deficit = {m: d for m, d in self._deficit.items() if m in waiting}
             chunks: list[Chunk] = []
             served: list[str] = []
@@ -191,6 +199,9 @@ class Batcher:
                     break
             if served:  # the next step starts after the last mask served
                 self._bypassed = bool(kept) and served[0] in new
+                self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
+                for r, _, c in chunks:
+                    self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
                 last = served[-1]
                 while self._turn and self._turn[0] != last:
                     self._turn.rotate(-1)
