@@ -29,13 +29,16 @@ SUITES = Path(__file__).parent / "suites"
 METHODS = ("local", "global", "gradual", "random", "dense", "finetune", "prune_trained")
 BASE_KEYS = ("width", "init", "base_seed", "nz")
 RUN_KEYS = ("id", "claims", "method", "datasets", "from", "objective", "preset", "weights_lr",
-            "select_every")
+            "select_every", "seeds", "drift_every")
 # named objectives a run may ask for; each sets every field that defines the loss and selection
 OBJECTIVES = {
     "eq3": dict(reduction="sum", layer_norm=False, var_weight=1.0, unbiased_var=True,
                 bias_score_range=1.0, global_threshold="separate"),
     "layer-normalised": dict(reduction="layer-mean", layer_norm=True, var_weight=1.0, unbiased_var=False,
                              bias_score_range=0.1, global_threshold="joint"),
+    # one change at a time between the two: Eq. 3's loss with the layer-normalised bias scores
+    "eq3-bias0.1": dict(reduction="sum", layer_norm=False, var_weight=1.0, unbiased_var=True,
+                        bias_score_range=0.1, global_threshold="separate"),
 }
 RESULT_KEYS = ("fid", "kid", "kid_std", "kid_subset_size", "precision", "recall", "density", "coverage", "n",
                "split", "pr_k")
@@ -56,6 +59,25 @@ class Run:
     preset: str | None = None
     weights_lr: float | None = None  # dense and fine-tuning train weights, not scores
     select_every: int = 0  # evaluate snapshots on train and held-out every N iterations
+    row: str = ""  # the suite's row this run is one seed of ("" : the run is its own row)
+    drift_every: int = 0  # record the mask's distance from its start every N iterations
+
+    def __post_init__(self) -> None:
+        self.row = self.row or self.id
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings.get("seed", 0))
+
+    @classmethod
+    def from_record(cls, rec: dict) -> Run:
+        """The run a results record describes, from its resolved settings alone (`search`,
+        `base`): no suite, preset or default is consulted, so the record is the whole recipe."""
+        base = rec["base"]
+        settings = {**rec["search"], "width": base["width"], "init": base["init"],
+                    "base_seed": base["seed"], "nz": base["nz"]}
+        return cls(id=rec["run"], claims=list(rec.get("claims", [])), method=rec["method"], settings=settings,
+                   source=rec.get("from"), row=rec.get("row", rec["run"]))
 
     def config(self) -> SearchConfig:
         cfg_keys = {f.name for f in fields(SearchConfig)}
@@ -83,6 +105,8 @@ class Suite:
     eval: dict
     runs: list[Run] = field(default_factory=list)
     paper: dict = field(default_factory=dict)  # the paper's figures per claim, for the tables
+    compare: list[dict] = field(default_factory=list)  # [[compare]]: paired differences of two rows
+    trends: list[dict] = field(default_factory=list)  # [[trend]]: slopes over rows along a setting
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -100,44 +124,86 @@ def load_suite(name_or_path: str) -> Suite:
                   eval={"n": 10_000, "split": "heldout", "pr_k": 5, "seed": 0, "grid": 16,
                         **raw.get("eval", {})}, paper=raw.get("paper", {}))
     cfg_keys = {f.name for f in fields(SearchConfig)} | set(BASE_KEYS)
-    seen: dict[str, Run] = {}
+    d_unknown = set(defaults) - cfg_keys - {"preset", "weights_lr", "seeds"}
+    if d_unknown:
+        raise ValueError(f"{path}: [defaults]: unknown keys {sorted(d_unknown)}")
+    rows: dict[str, list[Run]] = {}  # a row's runs, one per seed
     for r in raw.get("run", []):
         unknown = set(r) - cfg_keys - set(RUN_KEYS)
         if unknown:
             raise ValueError(f"{path}: run {r.get('id')!r}: unknown keys {sorted(unknown)}")
-        d_unknown = set(defaults) - cfg_keys - {"preset", "weights_lr"}
-        if d_unknown:
-            raise ValueError(f"{path}: [defaults]: unknown keys {sorted(d_unknown)}")
-        run = Run(id=r["id"], claims=list(r.get("claims", [])), method=r.get("method", "local"),
-                  settings={**{k: v for k, v in defaults.items() if k in cfg_keys},
-                            **{k: v for k, v in r.items() if k in cfg_keys}},
-                  datasets=r.get("datasets", "first"), source=r.get("from"),
-                  objective=r.get("objective"), preset=r.get("preset", defaults.get("preset")),
-                  weights_lr=r.get("weights_lr", defaults.get("weights_lr")),
-                  select_every=int(r.get("select_every", 0)))
-        if run.method not in METHODS:
-            raise ValueError(f"{path}: run {run.id!r}: method {run.method!r} is not one of {METHODS}")
-        if run.objective and run.objective not in OBJECTIVES:
-            raise ValueError(f"{path}: run {run.id!r}: objective {run.objective!r}: one of {sorted(OBJECTIVES)}")
-        if run.id in seen:
-            raise ValueError(f"{path}: run id {run.id!r} twice")
-        if run.method in ("finetune", "prune_trained"):
-            src = seen.get(run.source or "")
-            want = ("local", "global", "gradual") if run.method == "finetune" else ("dense",)
-            if src is None or src.method not in want:
-                raise ValueError(f"{path}: run {run.id!r} needs `from` naming an earlier {'/'.join(want)} run")
-            wider = {"all": 2, "first": 1}
-            if wider.get(run.datasets, 0) > wider.get(src.datasets, 0) or (
-                    isinstance(run.datasets, list) and isinstance(src.datasets, list)
-                    and not set(run.datasets) <= set(src.datasets)):
-                raise ValueError(f"{path}: run {run.id!r} covers datasets its `from` run "
-                                 f"{src.id!r} does not ({run.datasets} vs {src.datasets})")
-        run.config(), run.spec()  # settings errors now, not an hour in
-        seen[run.id] = run
-        suite.runs.append(run)
+        row = r["id"]
+        if row in rows:
+            raise ValueError(f"{path}: run id {row!r} twice")
+        seeds = r.get("seeds", defaults.get("seeds"))
+        if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                                  or not all(isinstance(x, int) for x in seeds)):
+            raise ValueError(f"{path}: run {row!r}: seeds must be a list of distinct integers, got {seeds!r}")
+        settings = {**{k: v for k, v in defaults.items() if k in cfg_keys},
+                    **{k: v for k, v in r.items() if k in cfg_keys}}
+        variants = [(f"{row}-s{x}", {**settings, "seed": x}) for x in seeds] if seeds else [(row, settings)]
+        rows[row] = []
+        for run_id, st in variants:
+            run = Run(id=run_id, claims=list(r.get("claims", [])), method=r.get("method", "local"),
+                      settings=st, datasets=r.get("datasets", "first"), source=r.get("from"),
+                      objective=r.get("objective"), preset=r.get("preset", defaults.get("preset")),
+                      weights_lr=r.get("weights_lr", defaults.get("weights_lr")),
+                      select_every=int(r.get("select_every", 0)), row=row,
+                      drift_every=int(r.get("drift_every", 0)))
+            if any(x.id == run_id for x in suite.runs):
+                raise ValueError(f"{path}: run id {run_id!r} twice (a row's seeds are named <id>-s<seed>)")
+            _check_run(path, run, rows)
+            rows[row].append(run)
+            suite.runs.append(run)
+    suite.compare = [_check_table(path, "compare", c, rows, ("a", "b")) for c in raw.get("compare", [])]
+    suite.trends = [_check_table(path, "trend", t, rows, ("rows",)) for t in raw.get("trend", [])]
     if not suite.runs:
         raise ValueError(f"{path}: no [[run]] entries")
     return suite
+
+
+def _check_run(path: Path, run: Run, rows: dict[str, list[Run]]) -> None:
+    """A run's method, objective and `from` are known, and its settings build, before any run."""
+    if run.method not in METHODS:
+        raise ValueError(f"{path}: run {run.id!r}: method {run.method!r} is not one of {METHODS}")
+    if run.objective and run.objective not in OBJECTIVES:
+        raise ValueError(f"{path}: run {run.id!r}: objective {run.objective!r}: one of {sorted(OBJECTIVES)}")
+    if run.method in ("finetune", "prune_trained"):
+        # `from` names a row; a run builds on that row's run of the same seed (or its only run)
+        srcs = rows.get(run.source or "", [])
+        src = next((x for x in srcs if x.seed == run.seed), srcs[0] if len(srcs) == 1 else None)
+        want = ("local", "global", "gradual") if run.method == "finetune" else ("dense",)
+        if src is None or src.method not in want:
+            raise ValueError(f"{path}: run {run.id!r} needs `from` naming an earlier {'/'.join(want)} run"
+                             + (f" with seed {run.seed}" if srcs else ""))
+        run.source = src.id
+        wider = {"all": 2, "first": 1}
+        if wider.get(run.datasets, 0) > wider.get(src.datasets, 0) or (
+                isinstance(run.datasets, list) and isinstance(src.datasets, list)
+                and not set(run.datasets) <= set(src.datasets)):
+            raise ValueError(f"{path}: run {run.id!r} covers datasets its `from` run "
+                             f"{src.id!r} does not ({run.datasets} vs {src.datasets})")
+    run.config(), run.spec()  # settings errors now, not an hour in
+
+
+TREND_X = ("k", "width", "lr")
+
+
+def _check_table(path: Path, kind: str, t: dict, rows: dict[str, list[Run]], row_keys: tuple[str, ...]) -> dict:
+    """A [[compare]] (rows a and b) or [[trend]] (rows along x) names rows that exist, a claim and
+    the paper's expected sign."""
+    from trainer.seed_stats import EXPECT
+
+    named = [t[k] for k in row_keys if k in t]
+    named = [x for v in named for x in (v if isinstance(v, list) else [v])]
+    missing = [x for x in named if x not in rows]
+    if len(named) < (2 if kind == "trend" else len(row_keys)) or missing:
+        raise ValueError(f"{path}: [[{kind}]] {t.get('claim')!r}: rows {missing or named} are not runs of the suite")
+    if t.get("expect") not in EXPECT or not t.get("claim"):
+        raise ValueError(f"{path}: [[{kind}]] needs a claim and expect = one of {EXPECT}, got {t!r}")
+    if kind == "trend" and t.get("x") not in TREND_X:
+        raise ValueError(f"{path}: [[trend]] {t['claim']!r}: x must be one of {TREND_X}, got {t.get('x')!r}")
+    return dict(t)
 
 
 def _datasets_of(run: Run, names: list[str]) -> list[str]:
@@ -238,19 +304,27 @@ class Runner:
         resumed_from = int(state["iteration"]) if state else 0
         prior = self._prior_seconds(clock, resumed_from)
         # snapshots taken before a resume are kept with the clock, so a kill loses none of them
-        selection: list[dict] = ([p for p in json.loads(clock.read_text()).get("selection", [])
-                                  if p["iteration"] <= resumed_from] if resumed_from and clock.is_file() else [])
+        kept = json.loads(clock.read_text()) if resumed_from and clock.is_file() else {}
+        selection: list[dict] = [p for p in kept.get("selection", []) if p["iteration"] <= resumed_from]
+        drift: list[list[float]] = [p for p in kept.get("drift", []) if p[0] <= resumed_from]
         spent_eval = 0.0
 
         def progress(p) -> None:
             nonlocal spent_eval
-            selected = run.select_every and (p.iteration % run.select_every == 0 or p.iteration == p.iterations)
+            last = p.iteration == p.iterations
+            selected = run.select_every and (p.iteration % run.select_every == 0 or last)
+            if run.drift_every and p.drift is not None and (p.iteration % run.drift_every == 0 or last):
+                drift.append([p.iteration, round(p.drift(), 6)])
             if selected:
+                # the search's own seconds to this snapshot (earlier evaluations excluded): quality
+                # against wall-clock; p.elapsed_s was taken before this evaluation starts
+                seconds = round(prior + p.elapsed_s - spent_eval, 1)
                 t = time.monotonic()
-                selection.append({"iteration": p.iteration, **self._select_point(p.snapshot(), ds)})
+                selection.append({"iteration": p.iteration, "seconds": seconds,
+                                  **self._select_point(p.snapshot(), ds)})
                 spent_eval += time.monotonic() - t
             if selected or p.iteration % 10 == 0:
-                write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection,
+                write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection, "drift": drift,
                                                 "seconds": prior + p.elapsed_s - spent_eval}).encode())
 
         kw = dict(progress=progress, checkpoint=ckpt, resume=True)
@@ -274,6 +348,7 @@ class Runner:
         k = float(decode_mask(source.read_bytes()).meta["k"]) if run.method == "finetune" else cfg.k
         return {
             "claim": run.claims[0] if run.claims else "", "claims": run.claims, "run": run.id,
+            "row": run.row, "seed": cfg.seed, "base_seed": spec.seed,
             "method": run.method, "objective": objective_of(cfg)["name"] if run.method != "random" else "none",
             "objective_detail": objective_of(cfg),
             "init": _init_label(run.method, spec.init),
@@ -287,7 +362,7 @@ class Runner:
             "resumed_from": resumed_from, "device": _device_name(self.device), "eval_version": EVAL_VERSION,
             "from_sha256": _sha256(source) if source else None,
             "grid": str(grid_path.relative_to(self.docs)), "artifact": str(self.artifact(ds_name, run.id)),
-            "losses": _thin(losses, 200), "selection": selection,
+            "losses": _thin(losses, 200), "selection": selection, "mask_drift": drift,
             "search": asdict(cfg), "base": asdict(spec),
         }
 
@@ -375,12 +450,17 @@ class Runner:
     def write_results(self, records: list[dict]) -> None:
         results = self.docs / "results"
         results.mkdir(parents=True, exist_ok=True)
-        slim = [{k: v for k, v in r.items() if k not in ("search", "base", "artifact")} for r in records]
+        from trainer.verdicts import summarise
+
+        # every resolved setting stays (`search`, `base`: Run.from_record runs it again); only
+        # the artifact's local path goes
+        kept = [{k: v for k, v in r.items() if k != "artifact"} for r in records]
+        summary = summarise(self.suite, records)
         doc = {"suite": self.suite.name, "description": self.suite.description, "scale": self.suite.scale,
-               "datasets": self.datasets, "eval": self.suite.eval, "runs": slim}
+               "datasets": self.datasets, "eval": self.suite.eval, "summary": summary, "runs": kept}
         write_atomic(results / f"{self.suite.name}.json", json.dumps(doc, indent=1).encode())
-        write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records).encode())
-        plot_suite(self.suite, records, self.docs / "images" / self.suite.name)
+        write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records, summary).encode())
+        plot_suite(self.suite, records, self.docs / "images" / self.suite.name, summary)
 
 
 def _init_label(method: str, base_init: str) -> str:
@@ -417,8 +497,66 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def tables(suite: Suite, records: list[dict]) -> str:
-    """One markdown table per claim (a run appears under every claim it serves)."""
+def _iv(d: dict | None, digits: int = 4) -> str:
+    """An Interval.as_dict as "mean [lo, hi]" (one seed: the mean and "1 seed")."""
+    if not d:
+        return "-"
+    if d["lo"] is None:
+        return f"{d['mean']:.{digits}f} (1 seed)"
+    return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def summary_tables(summary: dict) -> list[str]:
+    """Markdown for trainer.verdicts.summarise: verdicts, trends, rows over seeds, dense choice, budget."""
+    lines: list[str] = []
+    if summary["comparisons"]:
+        lines += ["## Verdicts: paired differences over seeds", "",
+                  "b - a over the seeds both rows ran, mean and 95% t-interval; a verdict other than "
+                  "\"not settled\" only where the interval excludes 0.", "",
+                  "| claim | what | dataset | metric | a | b | b - a [95%] | seeds | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['claim']} | {c['what']} | {c['dataset']} | {c['metric']} | {c['a']} | {c['b']} | "
+                  f"{_iv(c['difference'])} | {len(c['seeds'])} | **{c['verdict']}** |" for c in summary["comparisons"]]
+        lines.append("")
+    if summary["trends"]:
+        lines += ["## Trends: per-seed slopes", "",
+                  "| claim | what | dataset | metric per unit of | rows | slope [95%] | seeds | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {t['claim']} | {t['what']} | {t['dataset']} | {t['metric']} / {t['x']} | {len(t['rows'])} | "
+                  f"{_iv(t['slope'])} | {len(t['seeds'])} | **{t['verdict']}** |" for t in summary["trends"]]
+        lines.append("")
+    lines += ["## Rows over seeds", "",
+              "Seed noise (KID's standard deviation across seeds) and evaluation noise (the root mean "
+              "square of each run's KID spread over subsets of its own images) apart.", "",
+              "| dataset | row | method | seeds | KID [95%] | seed sd | eval sd | FID [95%] | precision | recall |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary["rows"]:
+        nz = r["noise"]
+        lines.append(f"| {r['dataset']} | {r['row']} | {r['method']} | {len(r['seeds'])} | {_iv(r['kid'])} | "
+                     f"{_fmt(nz['seed_sd'], 4)} | {_fmt(nz['eval_sd'], 4)} | {_iv(r['fid'], 1)} | "
+                     f"{_iv(r['precision'], 3)} | {_iv(r['recall'], 3)} |")
+    lines.append("")
+    for c in summary["dense_choice"]:
+        lines += [f"## Dense learning rate, chosen on the train split: {c['dataset']}", "",
+                  "| row | Adam lr | seeds | train-split KID [95%] |", "| --- | --- | --- | --- |"]
+        lines += [f"| {x['row']} | {x['lr']:g} | {len(x['seeds'])} | {_iv(x['train_kid'])} |" for x in c["rates"]]
+        lines += ["", f"Best: `{c['best_row']}` (Adam {c['best_lr']:g})"
+                  + (" **at the edge of the grid: extend it**." if c["at_edge"] else ", inside the grid."), ""]
+    for b in summary["budget"]:
+        if not b["points"]:
+            continue
+        lines += [f"## Quality against budget: {b['dataset']}/{b['row']} ({b['method']})", "",
+                  "| iteration | search s | seeds | KID held-out [95%] | FID held-out [95%] |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['iteration']} | {p['seconds']:.0f} | {p['seeds']} | {_iv(p['kid'])} | {_iv(p['fid'], 1)} |"
+                  for p in b["points"]]
+        lines.append("")
+    return lines
+
+
+def tables(suite: Suite, records: list[dict], summary: dict | None = None) -> str:
+    """The verdicts over seeds, then one markdown table per claim (a run appears under every
+    claim it serves)."""
     claims: list[str] = []
     for r in records:
         claims += [c for c in r["claims"] if c not in claims]
@@ -426,8 +564,13 @@ def tables(suite: Suite, records: list[dict]) -> str:
              f"Evaluation: {suite.eval['split']} split, n vs n (n below), standard FID Inception, "
              f"precision/recall with k={suite.eval['pr_k']}, density/coverage with k=5, KID ± its "
              "standard deviation over subsets.", ""]
-    head = ("| dataset | run | method | objective | init | width | k | it. | KID | FID | P | R | D | C | n | s |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    if summary is None:
+        from trainer.verdicts import summarise
+
+        summary = summarise(suite, records)
+    lines += summary_tables(summary)
+    head = ("| dataset | run | method | objective | init | width | k | seed | it. | KID | FID | P | R | D | C | n | s |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in claims:
         lines += [f"## {c}", ""]
         if c in suite.paper:
@@ -437,7 +580,8 @@ def tables(suite: Suite, records: list[dict]) -> str:
             if c in r["claims"]:
                 lines.append(
                     f"| {r['dataset']} | {r['run']} | {r['method']} | {r['objective']} | {r['init']} | "
-                    f"{r['width']:g} | {r['k']:g} | {r['iterations']} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+                    f"{r['width']:g} | {r['k']:g} | {r.get('seed', '-')} | {r['iterations']} | "
+                    f"{r['kid']:.4f} ± {r['kid_std']:.4f} | "
                     f"{r['fid']:.1f} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['density'])} | "
                     f"{_fmt(r['coverage'])} | {r['n']} | {r['seconds']:.0f} |")
         lines.append("")
@@ -452,43 +596,87 @@ def tables(suite: Suite, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_suite(suite: Suite, records: list[dict], out: Path) -> None:
-    """KID and FID against k and against width, and the loss curves, as PNGs in `out`."""
+def _err(iv: dict) -> tuple[float, float]:
+    """Matplotlib's (below, above) error bar lengths of an interval (0 for one seed)."""
+    return (0.0, 0.0) if iv["lo"] is None else (iv["mean"] - iv["lo"], iv["hi"] - iv["mean"])
+
+
+def _bars(ax, xs: list[float], ivs: list[dict], **kw) -> None:
+    err = np.array([_err(iv) for iv in ivs]).T
+    ax.errorbar(xs, [iv["mean"] for iv in ivs], yerr=err, capsize=3, **kw)
+
+
+def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | None = None) -> None:
+    """KID, FID and precision/recall against k and width (means over seeds, 95% intervals),
+    quality against budget, the mask's drift from its start, and the loss curves, as PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trainer.verdicts import by_row, summarise
+
+    summary = summary or summarise(suite, records)
+    first = {key: next(iter(seeds.values())) for key, seeds in by_row(records).items()}
     out.mkdir(parents=True, exist_ok=True)
     for claim, key, xlabel in (("k_sweep", "k", "k (fraction of weights kept)"), ("width", "width", "width multiplier")):
-        rows = sorted((r for r in records if claim in r["claims"] and r["method"] not in ("random", "dense")),
-                      key=lambda r: r[key])
-        if not rows:
+        rows = [r for r in summary["rows"] if claim in r["claims"] and r["method"] != "dense"]
+        if not any(r["method"] != "random" for r in rows):
             continue
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
-        randoms = sorted((r for r in records if claim in r["claims"] and r["method"] == "random"),
-                         key=lambda r: r[key])
         for ds in dict.fromkeys(r["dataset"] for r in rows):
-            rr = [r for r in rows if r["dataset"] == ds]
-            x = [r[key] for r in rr]
-            ax[0].errorbar(x, [r["kid"] for r in rr], yerr=[r["kid_std"] for r in rr], marker="o",
-                           label=f"{ds} edge-popup")
-            ax[1].plot(x, [r["fid"] for r in rr], marker="o", label=f"{ds} edge-popup")
-            ax[2].plot(x, [r["precision"] for r in rr], marker="o", label=f"{ds} precision")
-            ax[2].plot(x, [r["recall"] for r in rr], marker="s", ls="--", label=f"{ds} recall")
-            rnd = [r for r in randoms if r["dataset"] == ds]
-            if rnd:  # random pruning of the same base at the same k, a series of its own
-                xr = [r[key] for r in rnd]
-                ax[0].errorbar(xr, [r["kid"] for r in rnd], yerr=[r["kid_std"] for r in rnd], marker="x",
-                               ls=":", label=f"{ds} random pruning")
-                ax[1].plot(xr, [r["fid"] for r in rnd], marker="x", ls=":", label=f"{ds} random pruning")
+            for kind, style in (("edge-popup", dict(marker="o")), ("random pruning", dict(marker="x", ls=":"))):
+                rr = sorted((r for r in rows if r["dataset"] == ds and (r["method"] == "random") == (kind != "edge-popup")),
+                            key=lambda r: first[(ds, r["row"])][key])
+                if not rr:
+                    continue
+                x = [first[(ds, r["row"])][key] for r in rr]
+                _bars(ax[0], x, [r["kid"] for r in rr], label=f"{ds} {kind}", **style)
+                _bars(ax[1], x, [r["fid"] for r in rr], label=f"{ds} {kind}", **style)
+                if kind == "edge-popup":
+                    _bars(ax[2], x, [r["precision"] for r in rr], marker="o", label=f"{ds} precision")
+                    _bars(ax[2], x, [r["recall"] for r in rr], marker="s", ls="--", label=f"{ds} recall")
         ax[0].legend(fontsize=7)
-        ax[0].set(xlabel=xlabel, ylabel="KID (held-out)", title=f"KID vs {key}")
+        ax[0].set(xlabel=xlabel, ylabel="KID (held-out)", title=f"KID vs {key}, mean and 95% over seeds")
         ax[1].set(xlabel=xlabel, ylabel="FID (held-out)", title=f"FID vs {key}")
         ax[2].set(xlabel=xlabel, ylabel=f"k={suite.eval['pr_k']} NN", title="precision / recall")
         ax[2].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{claim}.png", dpi=100)
+        plt.close(fig)
+    if any(b["points"] for b in summary["budget"]):
+        fig, ax = plt.subplots(2, 2, figsize=(12, 7.5))
+        for i, b in enumerate(summary["budget"]):
+            label, color = f"{b['dataset']}/{b['row']}", f"C{i % 10}"
+            for j, m in enumerate(("kid", "fid")):
+                if not b["points"]:  # random pruning: one level, drawn across the plot
+                    for a in ax[j]:
+                        a.axhline(b["level"][m]["mean"], color=color, ls=":", label=label)
+                    continue
+                pts = b["points"]
+                _bars(ax[j][0], [p["iteration"] for p in pts], [p[m] for p in pts], marker="o", color=color,
+                      label=label)
+                _bars(ax[j][1], [p["seconds"] for p in pts], [p[m] for p in pts], marker="o", color=color,
+                      label=label)
+        for j, m in enumerate(("KID", "FID")):
+            ax[j][0].set(xlabel="iteration", ylabel=f"{m} (held-out)", xscale="log")
+            ax[j][1].set(xlabel="search seconds (evaluation excluded)", ylabel=f"{m} (held-out)", xscale="log")
+        ax[0][0].legend(fontsize=7)
+        ax[0][0].set_title("quality against budget: mean and 95% over seeds")
+        fig.tight_layout()
+        fig.savefig(out / "budget.png", dpi=100)
+        plt.close(fig)
+    drifts = [r for r in records if r.get("mask_drift")]
+    if drifts:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, r in enumerate(drifts):
+            d = np.array(r["mask_drift"], dtype=float)
+            ax.plot(d[:, 0], d[:, 1], marker=".", color=f"C{i % 10}", label=f"{r['dataset']}/{r['run']}")
+        ax.set(xlabel="iteration", ylabel="fraction of mask entries flipped since iteration 0",
+               title="how far a search moves its mask")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "drift.png", dpi=100)
         plt.close(fig)
     curves = [r for r in records if r["losses"]]
     if curves:

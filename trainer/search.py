@@ -137,6 +137,7 @@ class Progress:
     keep: float
     preview_png: bytes | None = None
     snapshot: Callable[[], nn.Module] | None = None  # the current ticket, BN recalibrated, eval mode
+    drift: Callable[[], float] | None = None  # fraction of mask entries flipped since iteration 0
 
 
 class SearchCancelled(Exception):
@@ -188,7 +189,8 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
           extractor: nn.Module, device: str, after_step: Callable[[int], None],
           progress: Callable[[Progress], None] | None, cancel: Callable[[], bool] | None,
           checkpoint: Path | None, resume: bool, keep: Callable[[], float],
-          snapshot: Callable[[], nn.Module] | None = None) -> list[tuple[int, float]]:
+          snapshot: Callable[[], nn.Module] | None = None,
+          drift: Callable[[], float] | None = None) -> list[tuple[int, float]]:
     """The shared optimisation loop; returns (iteration, loss) points."""
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     gen = torch.Generator().manual_seed(cfg.seed)  # latents; CPU so the stream is device-free
@@ -234,7 +236,7 @@ def _loop(model: nn.Module, params: list[torch.Tensor], cfg: SearchConfig, objec
                 with torch.no_grad():
                     preview = _png(to_uint8(model(preview_z)))
             progress(Progress(t + 1, cfg.iterations, loss, lr, elapsed,
-                              elapsed / done * (cfg.iterations - t - 1), keep(), preview, snapshot))
+                              elapsed / done * (cfg.iterations - t - 1), keep(), preview, snapshot, drift))
         if checkpoint and (time.monotonic() - last_ckpt >= cfg.checkpoint_every_s or t + 1 == cfg.iterations):
             _save_checkpoint(checkpoint, {
                 "iteration": t + 1, "params": [p.detach().cpu() for p in params],
@@ -340,6 +342,16 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
         g = g.to(memory_format=torch.channels_last)
     pruner = Pruner(g, cfg.k, cfg.pruning, gradual_steps=cfg.gradual_steps or cfg.iterations // 2,
                     dense_layers=cfg.dense_layers, global_threshold=cfg.global_threshold)
+    # the mask the scores start from (before a checkpoint's scores are loaded): how far a search
+    # has moved it is the question for optimisers that barely move scores (the paper's Adam 5e-5)
+    pruner.set_step(0)
+    start = pruner.binary_masks()
+    total = sum(m.numel() for m in start.values())
+
+    def drift() -> float:
+        now = pruner.binary_masks()
+        return sum(int((now[n] != m).sum()) for n, m in start.items()) / total
+
     def snapshot() -> nn.Module:
         twin = copy.deepcopy(g)
         with torch.no_grad():
@@ -348,7 +360,7 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
 
     losses = _loop(g, pruner.scores(), cfg, objective, extractor, device, pruner.set_step,
                    progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep,
-                   snapshot=snapshot)
+                   snapshot=snapshot, drift=drift)
     final = losses[-1][1] if losses else float("nan")
     extra = {} if from_weights is None else {"base_source": "weights"}
     data = _finish_mask(g, pruner, spec, sha, cfg, domain, dataset.dataset_sha256,

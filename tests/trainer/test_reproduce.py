@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from slt_stack import copy_images
 
-from trainer.reproduce import load_suite
+from trainer.reproduce import Run, Runner, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,9 +214,94 @@ def test_shipped_suites_cover_every_claim_of_the_paper():
         assert {r.method for r in headline} == {"local", "random", "dense"}
         assert all(r.datasets == "all" for r in headline) and len(s.datasets) >= 2
         # a comparison's runs share data, seeds, batch and budget
+        seeds_of = {row: sorted(r.seed for r in s.runs if r.row == row) for row in {r.row for r in s.runs}}
         for claim in claims - {"dense", "prune_trained", "finetune"}:
             rs = [r for r in s.runs if claim in r.claims and r.method != "random"]
-            assert len({(r.config().seed, r.config().batch_size, r.config().iterations) for r in rs}) == 1, claim
-        assert runs["local-k0.1"].config().pruning == "local"
+            assert len({(r.config().batch_size, r.config().iterations) for r in rs}) == 1, claim
+        # every row a verdict rests on has 3 seeds or more, the headline's 5, paired with its other side
+        for c in s.compare + s.trends:
+            named = [c["a"], c["b"]] if "a" in c else c["rows"]
+            assert all(len(seeds_of[x]) >= (5 if c["claim"] == "headline" else 3) for x in named), c
+            assert len({tuple(seeds_of[x][:3]) for x in named}) == 1, c
+        assert {c["claim"] for c in s.compare} >= {"headline", "pruning", "init", "objective"}
+        assert {(t["claim"], t["x"]) for t in s.trends} >= {("k_sweep", "k"), ("width", "width")}
+        assert runs["local-k0.1-s0"].config().pruning == "local"
     full = load_suite("full")
     assert full.runs[0].config().batch_size == 64
+
+
+REPRO = """
+[suite]
+name = "repro"
+[defaults]
+preset = "demo"
+features = "random"
+width = 0.0625
+batch_size = 2
+bn_batches = 2
+iterations = 3
+checkpoint_every_s = 0.0
+preview_every = 0
+weights_lr = 1e-3
+seeds = [0, 1]
+[eval]
+n = 12
+grid = 4
+[[run]]
+id = "ep"
+method = "local"
+drift_every = 1
+claims = ["headline"]
+[[run]]
+id = "dense"
+method = "dense"
+claims = ["headline"]
+[[compare]]
+claim = "headline"
+a = "dense"
+b = "ep"
+expect = "lower"
+"""
+
+
+@pytest.mark.slow
+def test_a_record_alone_runs_its_run_again(emoji_google_dir, tmp_path, monkeypatch):
+    """quick.json keeps every resolved setting: a record, with no suite, preset or default,
+    makes the same mask (or weights) and the same scores again."""
+    from trainer.masks import decode_mask
+    from trainer.search import read_weights
+
+    monkeypatch.setenv("SLT_HOME", str(tmp_path / "home"))
+    data = copy_images(emoji_google_dir, tmp_path / "emoji", n=120)
+    (tmp_path / "repro.toml").write_text(REPRO)
+    suite = load_suite(str(tmp_path / "repro.toml"))
+    docs = tmp_path / "docs"
+    Runner(suite, [str(data)], tmp_path / "out", docs, "cpu").execute()
+    results = json.loads((docs / "results" / "repro.json").read_text())
+    recs = {r["run"]: r for r in results["runs"]}
+    assert set(recs) == {"ep-s0", "ep-s1", "dense-s0", "dense-s1"}
+    assert [recs[f"ep-s{s}"]["seed"] for s in (0, 1)] == [0, 1] and recs["ep-s1"]["search"]["seed"] == 1
+    assert recs["ep-s0"]["base"]["seed"] == 0 and recs["ep-s0"]["row"] == "ep"
+    assert [p[0] for p in recs["ep-s0"]["mask_drift"]] == [1, 2, 3]
+    assert all(0 <= p[1] <= 1 for p in recs["ep-s0"]["mask_drift"])
+    (c,) = results["summary"]["comparisons"]
+    assert c["seeds"] == [0, 1] and c["verdict"] in ("reproduced", "contradicted", "not settled")
+    # the seeds differ in what they make (the seed reaches the run)
+    masks = {s: decode_mask((tmp_path / "out" / "emoji" / f"ep-s{s}.safetensors").read_bytes()).masks()
+             for s in (0, 1)}
+    assert any(not torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+    for run_id in ("ep-s1", "dense-s1"):
+        rec = recs[run_id]
+        run = Run.from_record(rec)
+        again = Runner(suite, [str(data)], tmp_path / "again", tmp_path / "docs2", "cpu").run_one(str(data), run)
+        assert again["search"] == rec["search"] and again["base"] == rec["base"]
+        for k in ("kid", "fid", "precision", "recall"):
+            assert again[k] == pytest.approx(rec[k], rel=1e-6, abs=1e-9), (run_id, k)
+        first, second = (root / "emoji" / f"{run_id}.safetensors" for root in (tmp_path / "out", tmp_path / "again"))
+        if run_id.startswith("ep"):
+            a, b = decode_mask(first.read_bytes()).masks(), decode_mask(second.read_bytes()).masks()
+            assert all(torch.equal(a[n], b[n]) for n in a)
+        else:
+            (_, a), (_, b) = read_weights(first), read_weights(second)
+            assert all(torch.equal(a[n], b[n]) for n in a)

@@ -1,0 +1,126 @@
+"""A suite's records read over seeds: each row's mean and 95% interval, the paired comparisons
+and trends its `[[compare]]` and `[[trend]]` tables name, the verdicts those intervals support
+(trainer.seed_stats), the dense learning rate chosen on the train split, and quality against
+budget (a row's snapshots on held-out data, against iterations and the search's seconds).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from trainer.seed_stats import (
+    mean_interval,
+    noise_split,
+    paired_difference,
+    slope_interval,
+    verdict,
+)
+
+METRICS = ("kid", "fid", "precision", "recall", "density", "coverage")
+
+
+def by_row(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
+    """(dataset, row) -> seed -> record."""
+    out: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        out[(r["dataset"], r.get("row", r["run"]))][int(r.get("seed", r.get("search", {}).get("seed", 0)))] = r
+    return dict(out)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def row_summary(dataset: str, row: str, seeds: dict[int, dict]) -> dict:
+    rs = [seeds[s] for s in sorted(seeds)]
+    out = {"dataset": dataset, "row": row, "method": rs[0]["method"], "seeds": sorted(seeds),
+           "claims": rs[0].get("claims", []),
+           "noise": noise_split([r["kid"] for r in rs], [r.get("kid_std", 0.0) for r in rs])}
+    for m in METRICS:
+        vals = [r[m] for r in rs if _finite(r.get(m))]
+        out[m] = mean_interval(vals).as_dict() if vals else None
+    return out
+
+
+def summarise(suite, records: list[dict]) -> dict:
+    """Rows, comparisons, trends, the dense rate choice and budget curves of a suite's records."""
+    rows = by_row(records)
+    out: dict = {"rows": [row_summary(d, r, s) for (d, r), s in rows.items()], "comparisons": [], "trends": []}
+    datasets = list(dict.fromkeys(d for d, _ in rows))
+    for c in suite.compare:
+        metric = c.get("metric", "kid")
+        for d in datasets:
+            a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
+            if not a or not b or not set(a) & set(b):
+                continue
+            iv = paired_difference({s: r[metric] for s, r in a.items()}, {s: r[metric] for s, r in b.items()})
+            out["comparisons"].append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d,
+                                       "a": c["a"], "b": c["b"], "metric": metric, "expect": c["expect"],
+                                       "seeds": sorted(set(a) & set(b)), "difference": iv.as_dict(),
+                                       "verdict": verdict(iv, c["expect"])})
+    for t in suite.trends:
+        metric = t.get("metric", "kid")
+        for d in datasets:
+            have = [rows[(d, r)] for r in t["rows"] if (d, r) in rows]
+            common = set.intersection(*(set(x) for x in have)) if len(have) >= 2 else set()
+            xs = {x[min(common)][t["x"]] for x in have} if common else set()
+            if len(xs) < 2:
+                continue
+            pts = {s: [(x[s][t["x"]], x[s][metric]) for x in have] for s in sorted(common)}
+            iv = slope_interval(pts)
+            out["trends"].append({"claim": t["claim"], "what": t.get("what", ""), "dataset": d, "x": t["x"],
+                                  "metric": metric, "rows": [r for r in t["rows"] if (d, r) in rows],
+                                  "expect": t["expect"], "seeds": sorted(common), "slope": iv.as_dict(),
+                                  "verdict": verdict(iv, t["expect"])})
+    out["dense_choice"] = dense_choice(rows)
+    out["budget"] = budget_curves(rows)
+    return out
+
+
+def dense_choice(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
+    """Per dataset, the dense study's rate with the lowest mean KID on the TRAIN split (each run's
+    final snapshot), so the rate is not chosen on the held-out split it is reported on; and
+    whether it sits at an edge of the grid (then the grid must be extended)."""
+    out = []
+    for d in dict.fromkeys(d for d, _ in rows):
+        cands = []
+        for (dd, row), seeds in rows.items():
+            rs = list(seeds.values())
+            if dd != d or rs[0]["method"] != "dense" or "dense" not in rs[0].get("claims", []):
+                continue
+            train = [r["selection"][-1]["train"]["kid"] for r in rs
+                     if r.get("selection") and r["selection"][-1]["iteration"] == r["iterations"]]
+            if train:
+                cands.append({"row": row, "lr": rs[0]["lr"], "seeds": sorted(seeds),
+                              "train_kid": mean_interval(train).as_dict()})
+        if len(cands) < 2:
+            continue
+        cands.sort(key=lambda c: c["lr"])
+        best = min(cands, key=lambda c: c["train_kid"]["mean"])
+        out.append({"dataset": d, "rates": cands, "best_row": best["row"], "best_lr": best["lr"],
+                    "at_edge": best is cands[0] or best is cands[-1]})
+    return out
+
+
+def budget_curves(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
+    """Rows of the `budget` claim: held-out KID and FID at each snapshot iteration, mean and
+    interval over the seeds that reached it, with the mean search seconds to get there."""
+    out = []
+    for (d, row), seeds in rows.items():
+        rs = [seeds[s] for s in sorted(seeds)]
+        if "budget" not in rs[0].get("claims", []):
+            continue
+        if rs[0]["method"] == "random":  # nothing is trained: one level at every budget
+            out.append({"dataset": d, "row": row, "method": "random", "seeds": sorted(seeds), "points": [],
+                        "level": {m: mean_interval([r[m] for r in rs]).as_dict() for m in ("kid", "fid")}})
+            continue
+        at: dict[int, list[dict]] = defaultdict(list)
+        for r in rs:
+            for p in r.get("selection", []):
+                at[p["iteration"]].append(p)
+        pts = [{"iteration": it, "seeds": len(ps),
+                "seconds": round(sum(p.get("seconds", math.nan) for p in ps) / len(ps), 1),
+                **{m: mean_interval([p["heldout"][m] for p in ps]).as_dict() for m in ("kid", "fid")}}
+               for it, ps in sorted(at.items())]
+        out.append({"dataset": d, "row": row, "method": rs[0]["method"], "seeds": sorted(seeds), "points": pts})
+    return out
