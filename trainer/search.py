@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
                  batch_size=32, warmup=100, pruning="global", **PROJECT_OBJECTIVE),
     # the best a 2-core CPU gives in about 10 minutes ON THE WIDTH-0.25 BASE (`make run`'s);
     # global pruning (the paper's Table 3 finds it better than per-layer) reached 19-20% of a
-    # random mask's KID where local reached 26-29%. Width 1 costs about 4-10x per iteration.
+    # random mask's KID where local reached 26-29%. Width 1 costs about 2.6x per iteration.
     "demo": dict(features="vgg16-keras", lr=1e-2, ama=False, iterations=350,
                  batch_size=32, warmup=20, bn_batches=20, preview_every=25, pruning="global",
                  **PROJECT_OBJECTIVE),
