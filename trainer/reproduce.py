@@ -4,7 +4,9 @@ A suite is a TOML file (`trainer/suites/quick.toml`, `full.toml`, or any path): 
 by every run, the evaluation protocol, and a list of runs, each tagged with the claims it serves.
 Every run's artifact (mask or weights), metrics, grid and seconds are kept under --out; a
 finished run (its record JSON exists) is never redone, an interrupted one resumes from its
-checkpoint. The results go to `<docs>/results/<suite>.json`, tables to `<docs>/results/<suite>.md`
+checkpoint. Each finished run's record is also kept in the docs tree
+(`<docs>/results/<suite>/<dataset>/<run>.json`, every resolved setting in it), to be committed:
+a later checkout continues the suite from those records (scripts/reproduce-background.sh). The results go to `<docs>/results/<suite>.json`, tables to `<docs>/results/<suite>.md`
 and plots and grids to `<docs>/images/<suite>/`.
 """
 from __future__ import annotations
@@ -265,21 +267,28 @@ class Runner:
         plan = self.plan()
         from tqdm import tqdm
 
+        by_id = {r.id: r for r in self.suite.runs}
         for ds, run in tqdm(plan, desc=f"suite {self.suite.name}", unit="run"):
             path = self.record_path(ds, run)
-            rec = json.loads(path.read_text()) if path.is_file() else None
+            rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
             if rec is not None and not self.same_settings(ds, run, rec):
                 log.warning("%s/%s: its settings changed since it ran; running it again", ds, run.id)
                 rec = None
-            if rec is not None:
-                if rec.get("eval_version") == EVAL_VERSION:
-                    log.info("%s/%s: finished before, kept", ds, run.id)
-                    continue
+            if rec is not None and rec.get("eval_version") == EVAL_VERSION:
+                log.info("%s/%s: finished before, kept", ds, run.id)
+                self._keep(ds, run, rec)
+                continue
+            if rec is None and run.source and not self.artifact(ds, run.source).is_file():
+                # the run it builds on finished in an earlier checkout (its record committed,
+                # its artifact not): made again, as its record says (a record alone reruns it)
+                log.info("%s/%s: %s's artifact is not here; making it again", ds, run.id, run.source)
+                self._keep(ds, by_id[run.source], self.run_one(ds, by_id[run.source]))
+            if rec is not None and self.artifact(ds, run.id).is_file():
                 log.info("%s/%s: finished before, re-scored with evaluation v%d", ds, run.id, EVAL_VERSION)
                 rec = self.rescore(ds, run, rec)
             else:
                 rec = self.run_one(ds, run)
-            write_atomic(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+            self._keep(ds, run, rec)
             log.info("%s/%s: KID %.4f FID %.1f in %.0f s", ds, run.id, rec["kid"], rec["fid"], rec["seconds"])
         # the claims a run serves are the suite's to say, even for a run kept from before
         records = [{**json.loads(self.record_path(ds, run).read_text()), "claims": run.claims,
@@ -366,6 +375,24 @@ class Runner:
             "search": asdict(cfg), "base": asdict(spec),
         }
 
+    def committed_path(self, dataset: str, run: Run) -> Path:
+        """Where a finished run's record is kept in the docs tree, to be committed: a later
+        checkout continues the suite from these (artifacts stay under --out)."""
+        return self.docs / "results" / self.suite.name / Path(dataset).name / f"{run.id}.json"
+
+    def committed(self, dataset: str, run: Run) -> dict | None:
+        path = self.committed_path(dataset, run)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _keep(self, dataset: str, run: Run, rec: dict) -> None:
+        data = json.dumps(rec, indent=1, sort_keys=True).encode()
+        write_atomic(self.record_path(dataset, run), data)
+        slim = json.loads(data)
+        slim.pop("artifact", None)  # a local path
+        committed = self.committed_path(dataset, run)
+        committed.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(committed, json.dumps(slim, indent=1, sort_keys=True).encode())
+
     def same_settings(self, ds_name: str, run: Run, rec: dict) -> bool:
         """Whether a record was made by this run as the suite now defines it."""
         now = json.loads(json.dumps({"search": asdict(run.config()), "base": asdict(run.spec())}))
@@ -373,8 +400,9 @@ class Runner:
                 now["search"], now["base"], run.method, run.source):
             return False
         src = self.artifact(ds_name, run.source) if run.source else None
-        # a run built on another one is stale when that one was run again
-        return src is None or rec.get("from_sha256") in (None, _sha256(src))
+        # a run built on another one is stale when that one was run again (where its artifact
+        # is not here, a record committed from another checkout, there is nothing to compare)
+        return src is None or not src.is_file() or rec.get("from_sha256") in (None, _sha256(src))
 
     def _generator(self, ds_name: str, run: Run):
         """The generator a run's kept artifact defines (a ticket, or trained weights)."""

@@ -256,6 +256,13 @@ claims = ["headline"]
 id = "dense"
 method = "dense"
 claims = ["headline"]
+[[run]]
+id = "ft"
+method = "finetune"
+from = "ep"
+iterations = 2
+seeds = [0]
+claims = ["finetune"]
 [[compare]]
 claim = "headline"
 a = "dense"
@@ -279,7 +286,8 @@ def test_a_record_alone_runs_its_run_again(emoji_google_dir, tmp_path, monkeypat
     Runner(suite, [str(data)], tmp_path / "out", docs, "cpu").execute()
     results = json.loads((docs / "results" / "repro.json").read_text())
     recs = {r["run"]: r for r in results["runs"]}
-    assert set(recs) == {"ep-s0", "ep-s1", "dense-s0", "dense-s1"}
+    assert set(recs) == {"ep-s0", "ep-s1", "dense-s0", "dense-s1", "ft-s0"}
+    assert recs["ft-s0"]["from"] == "ep-s0"
     assert [recs[f"ep-s{s}"]["seed"] for s in (0, 1)] == [0, 1] and recs["ep-s1"]["search"]["seed"] == 1
     assert recs["ep-s0"]["base"]["seed"] == 0 and recs["ep-s0"]["row"] == "ep"
     assert [p[0] for p in recs["ep-s0"]["mask_drift"]] == [1, 2, 3]
@@ -306,3 +314,16 @@ def test_a_record_alone_runs_its_run_again(emoji_google_dir, tmp_path, monkeypat
         else:
             (_, a), (_, b) = read_weights(first), read_weights(second)
             assert all(torch.equal(a[n], b[n]) for n in a)
+
+    # a later checkout: the records committed under docs, no artifacts. Finished runs are kept;
+    # a run left to do whose source's artifact is missing makes that source again first
+    committed = docs / "results" / "repro" / "emoji"
+    assert {p.stem for p in committed.glob("*.json")} == set(recs)
+    assert "artifact" not in json.loads((committed / "ep-s0.json").read_text())
+    (committed / "ft-s0.json").unlink()
+    fresh = tmp_path / "fresh"
+    Runner(suite, [str(data)], fresh, docs, "cpu").execute()
+    made = {p.stem for p in (fresh / "emoji").glob("*.safetensors")}
+    assert made == {"ep-s0", "ft-s0"}, made
+    again = json.loads((docs / "results" / "repro.json").read_text())
+    assert {r["run"]: r["kid"] for r in again["runs"]}["ep-s0"] == pytest.approx(recs["ep-s0"]["kid"])
