@@ -386,12 +386,15 @@ class Runner:
 
     def _keep(self, dataset: str, run: Run, rec: dict) -> None:
         data = json.dumps(rec, indent=1, sort_keys=True).encode()
-        write_atomic(self.record_path(dataset, run), data)
         slim = json.loads(data)
         slim.pop("artifact", None)  # a local path
         committed = self.committed_path(dataset, run)
         committed.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(committed, json.dumps(slim, indent=1, sort_keys=True).encode())
+        for path, body in ((self.record_path(dataset, run), data),
+                           (committed, json.dumps(slim, indent=1, sort_keys=True).encode())):
+            # a kept record is left untouched (its mtime says when it finished, not when it was read)
+            if not path.is_file() or path.read_bytes() != body:
+                write_atomic(path, body)
 
     def same_settings(self, ds_name: str, run: Run, rec: dict) -> bool:
         """Whether a record was made by this run as the suite now defines it."""

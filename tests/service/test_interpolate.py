@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from live_server import THREADS, TINY, LiveServer, make_mask, pixels, settings_for
+from live_server import TINY, LiveServer, make_mask, pixels, settings_for
 from PIL import Image
 
 from service.routers.generate import interpolation_latents, slerp
@@ -34,9 +34,10 @@ def server(tmp_path_factory, redis_url):
 
 
 def reference_strip(data: bytes, seed: int, seed_to: int, index: int, steps: int) -> np.ndarray:
-    """The trainer's ticket (base x mask, eval BN) run on the interpolated latents."""
+    """The trainer's ticket (base x mask, eval BN) run on the interpolated latents, on one
+    thread, as the service documents its arithmetic (service/engine.py)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(1)
     try:
         g = build_ticket(decode_mask(data), spec=parse_base(TINY))
         z = torch.from_numpy(interpolation_latents(seed, seed_to, index, steps, g.nz))
