@@ -6,7 +6,12 @@ a flood on one domain cannot starve another (a light domain's request waits abou
 not behind the whole flood), and each mask's share still runs as one group. On a CPU a step is
 one mask's forward pass (`one_mask_steps`): the masks take passes in turn, so a domain waits
 at most one pass of each other waiting domain, and a domain that had nothing waiting goes
-first (every other step at most), so a light domain waits about one pass behind any flood. Also queues
+first when all it waits for fits one pass (a sparse flow, as in FQ-CoDel; every other step at
+most), so a light domain waits about one pass behind any flood. The express lane
+(`next_express_work`, one more thread beside the lanes) takes only such sparse masks' requests,
+so a light request starts at once, the OS sharing the cores with the flood's passes, instead of
+waiting for a lane to finish one; a closed-loop light client can so take up to one lane's share
+of the cores, never more, and the flood's round robin goes on as before. Also queues
 warm-ups (weights to build while idle) and lets maintenance hold the inference loop.
 
 Admission is by the estimated wait, not the queue's length: a request is refused (Saturated,
@@ -57,6 +62,13 @@ class Request:
 
 
 Chunk = tuple[Request, int, int]  # (request, first index, count)
+
+
+def _sparse(requests: list[Request], cap: int) -> bool:
+    """Whether a mask's waiting requests fit one pass whole, none of them under way (a light
+    domain's; a flood's queue is longer, or part of it already running)."""
+    return (all(r.taken == 0 and not r.back for r in requests)
+            and sum(r.untaken for r in requests) <= cap)
 
 
 BUSY_GAP_S = 0.5  # completions closer than this are one busy period (the wall-clock rate)
@@ -157,14 +169,16 @@ class Batcher:
             # waiting (a light domain's lone request) goes first, as a new flow does in FQ-CoDel,
             # so behind a flood over D domains it waits one pass, not D. At most every other
             # step, so a stream of new domains cannot starve one with a backlog.
-            # Among those, the one served least lately (images, decayed per step) first, and only
-            # ahead of a turn whose head was served as much or more: a flood's domain that emptied for a
-            # moment is not a light domain.
+            # Among those, the one served least lately (images, decayed per step) first.
             kept = [m for m in self._turn if m in waiting]
             new = sorted((m for m in waiting if m not in self._turn), key=lambda m: self._recent.get(m, 0.0))
-            ahead = new and not self._bypassed and (
-                not kept or self._recent.get(new[0], 0.0) <= self._recent.get(kept[0], 0.0))
-            self._turn = deque(new + kept if ahead else kept + new)
+            # only a sparse one: what it waits for fits one pass (FQ-CoDel's new flow that ends
+            # within its quantum); a flood's domain that emptied for a moment comes back with
+            # more than that and queues at the end
+            sparse = [m for m in new if _sparse(waiting[m], cap)]
+            rest = [m for m in new if m not in sparse]
+            ahead = bool(sparse) and not self._bypassed
+            self._turn = deque(sparse + kept + rest if ahead else kept + new)
             self._deficit = {m: d for m, d in self._deficit.items() if m in waiting}
             chunks: list[Chunk] = []
             served: list[str] = []
@@ -198,10 +212,8 @@ class Batcher:
                 if served and self.one_mask_steps:
                     break
             if served:  # the next step starts after the last mask served
-                self._bypassed = bool(kept) and served[0] in new
-                self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
-                for r, _, c in chunks:
-                    self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
+                self._bypassed = bool(kept) and served[0] in sparse
+                self._served(chunks)
                 last = served[-1]
                 while self._turn and self._turn[0] != last:
                     self._turn.rotate(-1)
@@ -209,6 +221,49 @@ class Batcher:
             self._queue = deque(r for r in live if r.untaken)
             self._gauge_locked()
             return chunks
+
+    def _served(self, chunks: list[Chunk]) -> None:
+        self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
+        for r, _, c in chunks:
+            self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
+
+    def _sparse_waiting(self) -> tuple[str | None, float]:
+        """(the sparse mask (all it waits for fits one pass, none of it under way) served least
+        lately whose oldest request's window is over, or None; seconds until the next one's is)."""
+        waiting: dict[str, list[Request]] = {}
+        for r in self._queue:
+            if r.untaken and not r.future.cancelled():
+                waiting.setdefault(r.mask_id, []).append(r)
+        now = time.monotonic()
+        sparse = {m: rs[0].enqueued + self.window_s - now for m, rs in waiting.items()
+                  if _sparse(rs, self.max_batch)}
+        ready = [m for m, left in sparse.items() if left <= 0]
+        if ready:
+            return min(ready, key=lambda m: self._recent.get(m, 0.0)), 0.0
+        return None, min(sparse.values(), default=0.5)
+
+    def next_express_work(self) -> list[Chunk] | None:
+        """The express lane's next step (block until one is due): one sparse mask's requests,
+        whole, in one pass; None once stopped. A lane beside the others, so a light domain's
+        request starts at once (the OS shares the cores) instead of waiting for a lane to
+        finish a flood's pass; it takes nothing else, so the turn goes on as before."""
+        with self._cond:
+            while not self._stopped:
+                mask_id, left = (None, 0.5) if self._held else self._sparse_waiting()
+                if mask_id is None:
+                    self._cond.wait(left)  # a submit wakes it
+                    continue
+                chunks: list[Chunk] = []
+                for r in self._queue:
+                    if r.mask_id == mask_id and r.untaken and not r.future.cancelled():
+                        chunks.append((r, 0, r.n))
+                        r.taken = r.n
+                        self._count(mask_id, -r.n)
+                self._served(chunks)
+                self._queue = deque(r for r in self._queue if r.untaken)
+                self._gauge_locked()
+                return chunks
+        return None
 
     def others_waiting(self, masks: set[str]) -> bool:
         """Whether a request of a mask outside `masks` waits: the running step should yield."""

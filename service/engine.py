@@ -17,7 +17,9 @@
   small convolutions split over threads spend their time in barriers (and far worse when the
   cores are shared with a search or the HTTP loop), and a split reduction rounds differently at
   each thread count, so pixels would depend on the replica's machine. One thread per pass gives
-  the same bytes from every CPU replica, whatever its core count.
+  the same bytes from every CPU replica, whatever its core count. On a CPU one lane more, the
+  express lane (`SLT_EXPRESS_LANE`), runs only light requests (service.batcher): a light domain's
+  image starts at once beside a flood's passes rather than after one of them.
 - Image i of seed s is made from `latents(s, i)` with BN in eval mode, and never in a batch of 1
   (PyTorch's CPU convolutions round differently there), so it never depends on its batch.
 """
@@ -185,6 +187,8 @@ class Engine:
         self.device = torch.device(resolve_device(settings.device))
         # passes that run at once: one stream of kernels on CUDA; a pass per core on a CPU
         self.lanes = 1 if self.device.type == "cuda" else (settings.torch_threads or _cores())
+        # a lane for light requests beside them (CPU: passes are threads the OS shares out)
+        self.express = self.device.type != "cuda" and settings.express_lane
         self.max_batch = max(1, settings.max_batch)
         # CUDA passes are always max_batch wide (fixed kernels), so slicing buys nothing there
         self.slice_images = (self.max_batch if self.device.type == "cuda" or not settings.step_slice_images
@@ -230,7 +234,7 @@ class Engine:
         return self.lanes
 
     async def start(self) -> None:
-        if self.lanes > 1 and self.settings.gil_switch_ms > 0:
+        if self.lanes + int(self.express) > 1 and self.settings.gil_switch_ms > 0:
             sys.setswitchinterval(self.settings.gil_switch_ms / 1000.0)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
@@ -238,6 +242,9 @@ class Engine:
         await asyncio.to_thread(self._build_base)
         self._threads = [threading.Thread(target=self._infer_loop, args=(i,), name=f"slt-infer-{i}",
                                           daemon=True) for i in range(self.lanes)]
+        if self.express:
+            self._threads.append(threading.Thread(target=self._infer_loop, args=(self.lanes, True),
+                                                  name="slt-infer-express", daemon=True))
         for t in self._threads:
             t.start()
         self.mirror.start()
@@ -263,7 +270,8 @@ class Engine:
         self.base, self.base_sha = base, sha
         # a pass sets a mask's tensors on its module, so each lane has its own trace (and one
         # more for callers outside the lanes), all over the same shared, frozen tensors
-        self._lane_traces = [TracedBase(base, self.spec.nz, self.device) for _ in range(self.lanes + 1)]
+        self._lane_traces = [TracedBase(base, self.spec.nz, self.device)
+                             for _ in range(self.lanes + int(self.express) + 1)]
         self._params = dict(base.named_parameters())
         self.base_ready = True
         log.info("base %s built on %s in %.2f s: base_sha256=%s, %d inference lanes",
@@ -467,14 +475,18 @@ class Engine:
 
     # inference ---------------------------------------------------------------------------
 
-    def _infer_loop(self, index: int = 0) -> None:
+    def _infer_loop(self, index: int = 0, express: bool = False) -> None:
         _lane.index = index
         # one intra-op thread in each lane: the served arithmetic is the same at every core
         # count (module docstring); set here, in the thread, as PyTorch keeps it per thread
         torch.set_num_threads(1)
         self.intra_op_threads.add(torch.get_num_threads())
         while True:
-            work = self.batcher.next_work()
+            if express:
+                chunks = self.batcher.next_express_work()
+                work = None if chunks is None else ("step", chunks)
+            else:
+                work = self.batcher.next_work()
             if work is None:
                 return
             kind, arg = work
@@ -572,7 +584,7 @@ class Engine:
 
     def _trace(self) -> TracedBase:
         """This lane's traced base (the last one for a caller outside the lanes)."""
-        return self._lane_traces[getattr(_lane, "index", self.lanes)]
+        return self._lane_traces[getattr(_lane, "index", -1)]
 
     def _weights(self, mask_id: str, keep: set[str],
                  mask: MaskFile | None = None) -> dict[str, torch.Tensor]:

@@ -35,6 +35,9 @@ class Settings(SharedSettings):
     # CPU inference lanes: forward passes run side by side, each on one thread (0: this
     # process's cores). Pixels do not depend on it: every pass is single-threaded
     torch_threads: int = Field(0, ge=0, le=256)
+    # CPU: one lane more, for light requests alone (a mask's whole wait fits one pass, none of
+    # it under way), so a light domain starts at once beside a flood's passes instead of after one
+    express_lane: bool = True
     # how long a thread may hold the GIL before another waiting one gets it (Python's default 5):
     # a lane waiting to run its next small op waits this long behind the other lane's Python
     gil_switch_ms: float = Field(0.5, ge=0, le=100)

@@ -256,3 +256,56 @@ def test_an_idle_gap_between_completions_does_not_lengthen_the_wait_estimate(mon
         now[0] += 0.1
         b.written(r, c)
     assert b.estimated_wait(10, "m") > 10 * 0.01  # 50 ms an image measured, not the pass's 10
+
+
+def test_a_flood_domain_back_with_more_than_a_pass_queues_at_the_end_of_the_turn():
+    """A domain with nothing waiting goes first only when all it waits for fits one pass (a
+    light domain's request); one back with a flood's request (more than a pass) takes its place
+    at the end of the turn, behind the domains already waiting, however little it was served."""
+    b = Batcher(queue_limit=100_000, max_batch=4, window_s=0, one_mask_steps=True)
+    for m in range(4):
+        for i in range(5):
+            b.submit(f"f{m}", None, seed=i, n=4)
+    b.take(4)  # the turn is under way: f0 served
+    b.submit("back", None, seed=0, n=8)  # never served at all, but more than a pass
+    order = [b.take(4)[0][0].mask_id for _ in range(5)]
+    assert order == ["f1", "f2", "f3", "f0", "back"], order
+    b.submit("light", None, seed=0, n=1)
+    b.submit("light", None, seed=1, n=2)  # two requests, 3 images: one pass
+    step = b.take(4)
+    assert [(r.mask_id, r.seed, c) for r, _, c in step] == [("light", 0, 1), ("light", 1, 2)]
+
+
+def test_the_express_lane_takes_a_light_domains_requests_whole_and_nothing_else():
+    """While the lanes run a flood's passes, the express lane takes only a sparse mask's
+    requests (all of them, whole, fitting one pass, none under way), never a flood's images,
+    even a flood request's last part that would fit; it waits until one comes, and ends on stop."""
+    import threading
+
+    b = Batcher(queue_limit=100_000, max_batch=4, window_s=0, one_mask_steps=True)
+    for m in range(8):
+        for i in range(3):
+            b.submit(f"f{m}", None, seed=i, n=8)
+    b.submit("part", None, seed=0, n=6)
+    while not any(r.mask_id == "part" and r.taken for r in b._queue):
+        b.take(4)  # "part" is under way, 2 of its images left: not sparse
+    got: list = []
+    lane = threading.Thread(target=lambda: got.append(b.next_express_work()), daemon=True)
+    lane.start()
+    lane.join(0.3)
+    assert lane.is_alive() and not got  # nothing sparse: it waits
+    light = [b.submit("light", None, seed=s, n=n) for s, n in ((0, 1), (1, 2))]
+    lane.join(10)
+    assert not lane.is_alive()
+    assert [(r.mask_id, r.seed, start, c) for r, start, c in got[0]] == [("light", 0, 0, 1), ("light", 1, 0, 2)]
+    queued = Counter()
+    for r in b._queue:
+        queued[r.mask_id] += r.untaken
+    assert "light" not in queued and queued["part"] == 2 and all(queued[f"f{m}"] > 0 for m in range(8))
+    assert light
+    end: list = []
+    lane = threading.Thread(target=lambda: end.append(b.next_express_work()), daemon=True)
+    lane.start()
+    b.stop()
+    lane.join(10)
+    assert end == [None]

@@ -79,7 +79,11 @@ def test_lanes_run_passes_on_one_thread_each(tmp_path, redis_url):
     r = Running(settings_for(tmp_path, redis_url, torch_threads=3))
     assert r.engine.lanes == 3 and r.engine.intra_op_threads == {1}
     assert sorted(t.name for t in threading.enumerate() if t.name.startswith("slt-infer")) == [
-        "slt-infer-0", "slt-infer-1", "slt-infer-2"]
+        "slt-infer-0", "slt-infer-1", "slt-infer-2", "slt-infer-express"]  # the light requests' lane
+    r.close()
+    r = Running(settings_for(tmp_path / "plain", redis_url, torch_threads=2, express_lane=False))
+    assert sorted(t.name for t in threading.enumerate() if t.name.startswith("slt-infer")) == [
+        "slt-infer-0", "slt-infer-1"]
     r.close()
     assert torch.get_num_threads() == before  # the caller's own count untouched
 
