@@ -64,10 +64,11 @@ class Request:
 Chunk = tuple[Request, int, int]  # (request, first index, count)
 
 
-def _sparse(requests: list[Request], cap: int) -> bool:
-    """Whether a mask's waiting requests fit one pass whole, none of them under way (a light
-    domain's; a flood's queue is longer, or part of it already running)."""
-    return (all(r.taken == 0 and not r.back for r in requests)
+def _sparse(requests: list[Request], cap: int, flying: int) -> bool:
+    """Whether a mask's waiting requests fit one pass whole and nothing of it is under way
+    (`flying`: its images in running steps): a light domain's; a flood's queue is longer, or
+    part of it already running."""
+    return (not flying and all(r.taken == 0 and not r.back for r in requests)
             and sum(r.untaken for r in requests) <= cap)
 
 
@@ -104,6 +105,7 @@ class Batcher:
         self._turn: deque[str] = deque()  # waiting masks in round-robin order
         self._bypassed = False  # the last step served a newly waiting mask ahead of the turn
         self._recent: dict[str, float] = {}  # images served per mask, decayed by RECENT_DECAY a step
+        self._flying: Counter[str] = Counter()  # images per mask handed to steps, not yet written
 
     def submit(self, mask_id: str, mask: MaskFile | None, seed: int, n: int,
                shape: tuple[int, int, int] = (64, 64, 3),
@@ -175,7 +177,7 @@ class Batcher:
             # only a sparse one: what it waits for fits one pass (FQ-CoDel's new flow that ends
             # within its quantum); a flood's domain that emptied for a moment comes back with
             # more than that and queues at the end
-            sparse = [m for m in new if _sparse(waiting[m], cap)]
+            sparse = [m for m in new if _sparse(waiting[m], cap, self._flying[m])]
             rest = [m for m in new if m not in sparse]
             ahead = bool(sparse) and not self._bypassed
             self._turn = deque(sparse + kept + rest if ahead else kept + new)
@@ -223,6 +225,8 @@ class Batcher:
             return chunks
 
     def _served(self, chunks: list[Chunk]) -> None:
+        for r, _, c in chunks:
+            self._flying[r.mask_id] += c
         self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
         for r, _, c in chunks:
             self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
@@ -236,7 +240,7 @@ class Batcher:
                 waiting.setdefault(r.mask_id, []).append(r)
         now = time.monotonic()
         sparse = {m: rs[0].enqueued + self.window_s - now for m, rs in waiting.items()
-                  if _sparse(rs, self.max_batch)}
+                  if _sparse(rs, self.max_batch, self._flying[m])}
         ready = [m for m, left in sparse.items() if left <= 0]
         if ready:
             return min(ready, key=lambda m: self._recent.get(m, 0.0)), 0.0
@@ -281,6 +285,7 @@ class Batcher:
             for r, start, c in chunks:
                 r.back = sorted([*r.back, (start, c)])
                 self._count(r.mask_id, c)
+            self._landed(chunks)
             # the masks given back were not served: they take their turn first, or a step that
             # ran only its first pass would move the round robin past all the others
             for mask_id in reversed(list(dict.fromkeys(r.mask_id for r, _, _ in chunks))):
@@ -297,6 +302,7 @@ class Batcher:
         """`count` of r's images are written (by any lane); True once all of them are."""
         with self._cond:
             r.done += count
+            self._landed([(r, 0, count)])
             now = time.monotonic()
             gap = now - self._last_done
             # only a gap the engine was busy through measures its rate: images were waiting at
@@ -311,6 +317,19 @@ class Batcher:
         if finished and self.metrics is not None:
             self.metrics.engine_seconds.observe(now - r.enqueued)
         return finished
+
+    def dropped(self, chunks: list[Chunk]) -> None:
+        """Chunks a step failed to make (their requests failed): no longer under way."""
+        with self._cond:
+            self._landed(chunks)
+
+    def _landed(self, chunks: list[Chunk]) -> None:
+        for r, _, c in chunks:
+            left = self._flying[r.mask_id] - c
+            if left > 0:
+                self._flying[r.mask_id] = left
+            else:
+                self._flying.pop(r.mask_id, None)
 
     def record(self, images: int, seconds: float) -> None:
         """One forward pass's time (weights already built), for the wait estimate."""

@@ -550,6 +550,7 @@ class Engine:
                 self.batcher.record(len(z), time.perf_counter() - t_pass)
             except Exception as e:
                 log.exception("generation failed for mask %s", mask_id[:12] or "base")
+                self.batcher.dropped(part)
                 for r, _, _ in part:
                     _fail(r.future, GenerationFailed(f"generation failed: {type(e).__name__}"))
                 continue

@@ -18,6 +18,7 @@ STATUS_BY_SEED = (200, 429, 503)  # seed % 3
 @pytest.fixture
 def counting_server():
     tally: Counter[int] = Counter()
+    tally.ports = set()  # the client's connections (their source ports)
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -34,6 +35,7 @@ def counting_server():
                 body = b"{}"
                 with lock:
                     tally[status] += 1
+                    tally.ports.add(self.client_address[1])
             self.send_response(status)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -59,6 +61,7 @@ def test_open_loop_counts_429s_apart_from_errors(counting_server) -> None:
     assert res["ok"] == tally[200] == 50
     assert res["refused_429"] == tally[429] == 50
     assert res["errors"] == tally[503] == 50  # a 503 is an error; a 429 is not
+    assert 1 <= len(tally.ports) <= 4  # kept alive: no more connections than it was given
 
 
 def test_wrk_level_counts_statuses_from_its_own_script(counting_server, tmp_path) -> None:

@@ -201,7 +201,10 @@ def test_one_mask_steps_serve_a_light_domain_next_behind_a_flood_over_many_domai
         b.take(8)
     for _ in range(3):
         b.submit("light", None, seed=0, n=1)
-        assert [r.mask_id for r, _, _ in b.take(8)] == ["light"]
+        step = b.take(8)
+        assert [r.mask_id for r, _, _ in step] == ["light"]
+        for r, _, c in step:  # its lane made it; the next one is light again
+            b.written(r, c)
         order = [b.take(8)[0][0].mask_id for _ in range(3)]
         assert "light" not in order and len(set(order)) == 3  # the flood's round robin goes on
 
@@ -309,3 +312,24 @@ def test_the_express_lane_takes_a_light_domains_requests_whole_and_nothing_else(
     b.stop()
     lane.join(10)
     assert end == [None]
+
+
+def test_a_mask_with_a_pass_running_is_not_light_until_it_lands():
+    """A domain whose earlier request a lane is still making is not sparse: its next small
+    request waits for the lanes (a flood's requests one by one would otherwise fill the express
+    lane too); once the running images are written, the next one is light again."""
+    import threading
+
+    b = Batcher(queue_limit=1000, max_batch=4, window_s=0, one_mask_steps=True)
+    b.submit("d", None, seed=0, n=2)
+    running = b.take(4)
+    b.submit("d", None, seed=1, n=1)
+    got: list = []
+    lane = threading.Thread(target=lambda: got.append(b.next_express_work()), daemon=True)
+    lane.start()
+    lane.join(0.3)
+    assert lane.is_alive() and not got
+    for r, _, c in running:
+        b.written(r, c)
+    lane.join(10)
+    assert [(r.seed, c) for r, _, c in got[0]] == [(1, 1)]
