@@ -58,11 +58,23 @@ async def _run(url: str, rate: float, duration_s: float, connections: int,
         while (item := await arrivals.get()) is not None:
             i, due = item
             try:
-                if stream is None:
-                    stream = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-                reader, writer = stream
-                writer.write(f"GET {path(i)} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-                status, keep = await asyncio.wait_for(_response(reader), timeout_s)
+                for attempt in (0, 1):
+                    reused = stream is not None
+                    if stream is None:
+                        stream = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+                    reader, writer = stream
+                    writer.write(f"GET {path(i)} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+                    try:
+                        status, keep = await asyncio.wait_for(_response(reader), timeout_s)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+                        # a kept-alive connection the server closed while idle (its keep-alive
+                        # timeout): sent again once on a new one, as HTTP clients do for a GET
+                        stream[1].close()
+                        stream = None
+                        partial = getattr(e, "partial", b"")
+                        if attempt or not reused or partial:
+                            raise
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ValueError, IndexError) as e:
                 statuses[type(e).__name__] += 1  # a socket error, a timeout, a malformed answer

@@ -79,3 +79,34 @@ def test_wrk_level_counts_statuses_from_its_own_script(counting_server, tmp_path
         assert tally[status] - 2 <= (res[key] if key else round(res["images_per_s"] * res["seconds"])) <= tally[status]
     assert tally[503] - 2 <= res["errors"] <= tally[503]  # the 503s, and only they, are errors
     assert res["refused_429_server"] == tally[429]
+
+
+def test_open_loop_sends_again_on_a_kept_alive_connection_the_server_closed() -> None:
+    """A server that closes every connection after one answer without saying so (as uvicorn
+    does to a connection idle past its keep-alive timeout): each request that meets such a
+    closed connection goes again on a new one, once, and is not counted as an error."""
+    answered: Counter[int] = Counter()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            answered[200] += 1
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            self.close_connection = True  # closed, though the answer promised keep-alive
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        res = open_loop.run(f"http://127.0.0.1:{server.server_port}", rate=60, duration_s=1.0,
+                            connections=2, path=lambda i: f"/x?i={i}")
+    finally:
+        server.shutdown()
+    assert res["errors"] == 0 and res["ok"] == answered[200] == 60, res["statuses"]
