@@ -229,13 +229,22 @@ def render(r: dict) -> str:
                   f"{any_w['flood_request_images']}-image requests to one other domain, then spread "
                   "over 8 (a refused flood request waits its Retry-After). Through the API as its own "
                   f"process. `fairness`: {r['fairness']}.", "",
+                  "What it took (the eight-domain flood was 4.83 at width 0.25 and 7.32 at width 1): "
+                  "a light request waited for a lane to finish a flood's pass (both lanes busy), and "
+                  "a flood's domain that emptied for a moment and came back took the turn's bypass "
+                  "from it. Now only a sparse domain (all it waits for fits one pass, none of it under "
+                  "way) goes ahead of the turn, and an express lane (`SLT_EXPRESS_LANE`, one thread "
+                  "beside the lanes) runs only such requests, so a light image starts at once, the OS "
+                  "sharing the cores with the flood's passes. A closed-loop light client so takes up "
+                  "to one lane's share of the cores (of lanes + 1), never more.", "",
                   _table(["width", "flood", "alone p50 ms", "alone p99 ms", "flooded p50 ms",
                           "flooded p99 ms", "p99 ratio"], rows), ""]
     if "http_widths" in r:
         lines += ["## HTTP under load (loopback)", "",
                   f"The API as its own process, `GET /generate?n={r['http_n']}` over 8 resident domains. "
                   f"Closed loop: `wrk -t2`, {r['http_duration_s']} s a level. Open loop "
-                  "(`bench/open_loop.py`, httpx): a constant arrival rate, a multiple of the closed "
+                  "(`bench/open_loop.py`, HTTP/1.1 over asyncio streams: httpx could not send faster than "
+                  "about 100 requests/s on these 2 cores, so its table measured the client): a constant arrival rate, a multiple of the closed "
                   "loop's images/s at 16 connections, over at most that many connections, "
                   f"{r['http_open_duration_s']} s a level; latency from each request's arrival. 429s "
                   "(counted by wrk's script, by status) are counted apart from errors (any other status, "
