@@ -163,10 +163,7 @@ class Batcher:
                 if r.future.cancelled():
                     self._count(r.mask_id, -r.untaken)
                     r.taken, r.back = r.n, []
-            waiting: dict[str, list[Request]] = {}
-            for r in live:
-                if r.untaken:
-                    waiting.setdefault(r.mask_id, []).append(r)
+            waiting = self._waiting()
             # round-robin order: masks already waiting keep their turn; a mask that had nothing
             # waiting (a light domain's lone request) goes first, as a new flow does in FQ-CoDel,
             # so behind a flood over D domains it waits one pass, not D. At most every other
@@ -224,27 +221,32 @@ class Batcher:
             self._gauge_locked()
             return chunks
 
-    def _served(self, chunks: list[Chunk]) -> None:
-        for r, _, c in chunks:
-            self._flying[r.mask_id] += c
-        self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
-        for r, _, c in chunks:
-            self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
-
-    def _sparse_waiting(self) -> tuple[str | None, float]:
-        """(the sparse mask (all it waits for fits one pass, none of it under way) served least
-        lately whose oldest request's window is over, or None; seconds until the next one's is)."""
+    def _waiting(self) -> dict[str, list[Request]]:
+        """The requests with images not yet handed to a step (not cancelled), by mask, FIFO."""
         waiting: dict[str, list[Request]] = {}
         for r in self._queue:
             if r.untaken and not r.future.cancelled():
                 waiting.setdefault(r.mask_id, []).append(r)
+        return waiting
+
+    def _served(self, chunks: list[Chunk]) -> None:
+        self._recent = {m: v * RECENT_DECAY for m, v in self._recent.items() if v > 0.5}
+        for r, _, c in chunks:
+            self._flying[r.mask_id] += c
+            self._recent[r.mask_id] = self._recent.get(r.mask_id, 0.0) + c
+
+    def _sparse_waiting(self) -> tuple[list[Request], float]:
+        """(the requests of the sparse mask (all it waits for fits one pass, none of it under
+        way) served least lately whose oldest request's window is over, or []; seconds until
+        the next one's is)."""
+        waiting = self._waiting()
         now = time.monotonic()
         sparse = {m: rs[0].enqueued + self.window_s - now for m, rs in waiting.items()
                   if _sparse(rs, self.max_batch, self._flying[m])}
         ready = [m for m, left in sparse.items() if left <= 0]
         if ready:
-            return min(ready, key=lambda m: self._recent.get(m, 0.0)), 0.0
-        return None, min(sparse.values(), default=0.5)
+            return waiting[min(ready, key=lambda m: self._recent.get(m, 0.0))], 0.0
+        return [], min(sparse.values(), default=0.5)
 
     def next_express_work(self) -> list[Chunk] | None:
         """The express lane's next step (block until one is due): one sparse mask's requests,
@@ -253,16 +255,14 @@ class Batcher:
         finish a flood's pass; it takes nothing else, so the turn goes on as before."""
         with self._cond:
             while not self._stopped:
-                mask_id, left = (None, 0.5) if self._held else self._sparse_waiting()
-                if mask_id is None:
+                requests, left = ([], 0.5) if self._held else self._sparse_waiting()
+                if not requests:
                     self._cond.wait(left)  # a submit wakes it
                     continue
-                chunks: list[Chunk] = []
-                for r in self._queue:
-                    if r.mask_id == mask_id and r.untaken and not r.future.cancelled():
-                        chunks.append((r, 0, r.n))
-                        r.taken = r.n
-                        self._count(mask_id, -r.n)
+                chunks: list[Chunk] = [(r, 0, r.n) for r in requests]  # sparse: none taken yet
+                for r in requests:
+                    r.taken = r.n
+                    self._count(r.mask_id, -r.n)
                 self._served(chunks)
                 self._queue = deque(r for r in self._queue if r.untaken)
                 self._gauge_locked()

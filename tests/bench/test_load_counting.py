@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -44,11 +46,18 @@ def counting_server():
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with _serving(Handler) as url:
+        yield url, tally
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stdlib HTTP server on a free port, serving in a thread: its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", tally
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
 
@@ -101,12 +110,6 @@ def test_open_loop_sends_again_on_a_kept_alive_connection_the_server_closed() ->
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        res = open_loop.run(f"http://127.0.0.1:{server.server_port}", rate=60, duration_s=1.0,
-                            connections=2, path=lambda i: f"/x?i={i}")
-    finally:
-        server.shutdown()
+    with _serving(Handler) as url:
+        res = open_loop.run(url, rate=60, duration_s=1.0, connections=2, path=lambda i: f"/x?i={i}")
     assert res["errors"] == 0 and res["ok"] == answered[200] == 60, res["statuses"]
