@@ -12,7 +12,8 @@ most), so a light domain waits about one pass behind any flood. The express lane
 so a light request starts at once, the OS sharing the cores with the flood's passes, instead of
 waiting for a lane to finish one; a closed-loop light client can so take up to one lane's share
 of the cores, never more, and the flood's round robin goes on as before. Also queues
-warm-ups (weights to build while idle) and lets maintenance hold the inference loop.
+idle work (weights to build, a spare buffer to make ready) and lets maintenance hold the
+inference loop.
 
 Admission is by the estimated wait, not the queue's length: a request is refused (Saturated,
 429 with Retry-After) when the images ahead of it and its own, at the measured seconds per
@@ -93,6 +94,7 @@ class Batcher:
         self._queued = 0  # images not yet handed to a step
         self._by_mask: Counter[str] = Counter()  # the same, per mask (the DRR-aware wait)
         self._warm: deque[MaskFile] = deque()
+        self._want_spare = False
         self._held = 0
         self._stopped = False
         self._per_image = 0.0  # seconds of one lane per image, moving average (0: none measured)
@@ -137,9 +139,15 @@ class Batcher:
             self._warm.append(mask)
             self._cond.notify_all()
 
-    def next_work(self) -> tuple[str, list[Chunk] | MaskFile] | None:
-        """Block until a step is due (window over or batch full) or a warm-up is waiting;
-        ("step", chunks) or ("warm", mask); None once stopped."""
+    def want_spare(self) -> None:
+        """Ask the loop to make a spare weight buffer ready when it has nothing else to do."""
+        with self._cond:
+            self._want_spare = True
+            self._cond.notify_all()
+
+    def next_work(self) -> tuple[str, list[Chunk] | MaskFile | None] | None:
+        """Block until a step is due (window over or batch full) or idle work is waiting;
+        ("step", chunks), ("warm", mask) or ("spare", None); None once stopped."""
         with self._cond:
             while not self._stopped:
                 if not self._held and self._queue:
@@ -151,6 +159,11 @@ class Batcher:
                     continue
                 if not self._held and self._warm:
                     return "warm", self._warm.popleft()
+                # only with no pass under way: allocating and touching a domain's buffers beside
+                # a pass slows the pass (page faults, memory bandwidth), often a cold domain's first
+                if not self._held and self._want_spare and not self._flying:
+                    self._want_spare = False
+                    return "spare", None
                 self._cond.wait(0.5)
         return None
 
@@ -330,6 +343,8 @@ class Batcher:
                 self._flying[r.mask_id] = left
             else:
                 self._flying.pop(r.mask_id, None)
+        if not self._flying:  # idle work may wait for this
+            self._cond.notify_all()
 
     def record(self, images: int, seconds: float) -> None:
         """One forward pass's time (weights already built), for the wait estimate."""

@@ -12,7 +12,9 @@
   pixels are the eager module's, bit for bit (tested).
 - Inference lanes (threads; one on CUDA, `SLT_TORCH_THREADS` or the machine's cores on a CPU)
   each take steps from the queue, run each mask's group and resolve the requests' futures; when
-  idle they build the weights of a hot domain's newly promoted mask. On a CPU every forward pass
+  idle they build the weights of a hot domain's newly promoted mask, and on a CPU make one domain's
+  weight buffers ready (allocated and touched), so a cold switch writes into mapped memory
+  instead of faulting in fresh pages on the request's path. On a CPU every forward pass
   runs on one thread (PyTorch's intra-op count is 1) and parallelism is passes side by side:
   small convolutions split over threads spend their time in barriers (and far worse when the
   cores are shared with a search or the HTTP loop), and a split reduction rounds differently at
@@ -58,7 +60,7 @@ from service.metrics import ServingMetrics
 from service.settings import Settings
 from store.catalog import DeletedMask, SharedCatalog, UnindexedMask
 from store.domains import DomainRegistry
-from trainer.generator import base_sha256, build_base, latents
+from trainer.generator import base_sha256, build_base, latents, prunable_names
 from trainer.masks import ForeignMaskError, MaskError, MaskFile, check_base, check_shapes
 from trainer.settings import resolve_device
 from trainer.ticket import to_uint8
@@ -215,7 +217,8 @@ class Engine:
                                max_wait_s=max(0.0, settings.max_wait_ms) / 1000.0, lanes=self.lanes,
                                one_mask_steps=cpu)
         self._cache = WeightCache(settings.device_cache_bytes)
-        self._spare: dict[str, torch.Tensor] | None = None  # an evicted entry's buffers, reused
+        # one domain's buffers for the next cold build: an evicted entry's, or made ready when idle
+        self._spare: dict[str, torch.Tensor] | None = None
         self._build = threading.Lock()  # one cold build at a time (it may reuse `_spare`)
         self._in_use: Counter[str] = Counter()  # masks of the steps the lanes run: never evicted
         self._in_use_lock = threading.Lock()
@@ -273,6 +276,9 @@ class Engine:
         self._lane_traces = [TracedBase(base, self.spec.nz, self.device)
                              for _ in range(self.lanes + int(self.express) + 1)]
         self._params = dict(base.named_parameters())
+        self._masked = prunable_names(base)
+        if self.device.type == "cpu":
+            self.batcher.want_spare()
         self.base_ready = True
         log.info("base %s built on %s in %.2f s: base_sha256=%s, %d inference lanes",
                  self.spec.to_json(), self.device, time.monotonic() - t0, sha, self.lanes)
@@ -493,6 +499,8 @@ class Engine:
             try:
                 if kind == "step":
                     self._step(arg)  # type: ignore[arg-type]
+                elif kind == "spare":
+                    self._make_spare()
                 else:
                     self._weights(arg.mask_id, self._keep(), arg)  # type: ignore[union-attr]
             except Exception:  # the loop must survive anything one step does
@@ -616,10 +624,26 @@ class Engine:
         evicted = self._cache.put(mask_id, weights, weight_bytes(weights), keep)
         if evicted:  # a full cache: the next cold switch writes into memory already mapped
             self._spare = evicted[-1][1]
+        elif self.device.type == "cpu":  # made ready when a lane is idle
+            self.batcher.want_spare()
         self.metrics.cache_evictions.inc(len(evicted))
         self.metrics.cache_bytes.set(self._cache.bytes)
         self.metrics.cache_entries.set(len(self._cache))
         return weights
+
+    @torch.inference_mode()
+    def _make_spare(self) -> None:
+        """Allocate and touch one domain's weight buffers, off the request path: a cold build
+        into fresh memory pays a page fault per 4 KiB (47 MB at width 1: 30-100 ms on one core,
+        more as the heap grows), one into mapped buffers about a third of that. Held beside the
+        cache, as an evicted entry's buffers are (one domain's weights beyond its budget)."""
+        with self._build:
+            if self._spare is not None:
+                return
+            spare = {name: torch.empty_like(self._params[name]) for name in self._masked}
+            for t in spare.values():
+                t.zero_()
+            self._spare = spare
 
     @torch.inference_mode()
     def build_weights(self, mask: MaskFile,

@@ -333,3 +333,23 @@ def test_a_mask_with_a_pass_running_is_not_light_until_it_lands():
         b.written(r, c)
     lane.join(10)
     assert [(r.seed, c) for r, _, c in got[0]] == [(1, 1)]
+
+
+def test_a_spare_buffer_is_made_only_once_no_pass_is_under_way():
+    import threading
+
+    b = Batcher(queue_limit=100, max_batch=8, window_s=0, one_mask_steps=True)
+    b.submit("a", None, seed=0, n=4)
+    kind, chunks = b.next_work()
+    r = chunks[0][0]
+    assert kind == "step" and sum(c for _, _, c in chunks) == 4  # the pass is under way now
+    b.want_spare()
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.next_work()), daemon=True)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got  # idle work never runs beside a pass
+    b.written(r, 4)  # the pass landed
+    t.join(5)
+    assert got == [("spare", None)]
+    b.stop()

@@ -188,6 +188,33 @@ def test_lru_by_bytes_never_evicts_pinned(running, masks):
     e.mirror.apply(r.state.domains.set_pinned("pin-a", False))
 
 
+def _wait_for(cond, timeout: float = 30.0) -> bool:
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_cold_build_writes_into_a_spare_made_ready_while_idle(running, masks):
+    from trainer.generator import prunable_names
+
+    fresh = [make_mask(0.3, 31), make_mask(0.6, 32)]  # no domain has them: the probe cannot build them
+    r = running()
+    e = r.engine
+    assert _wait_for(lambda: e._spare is not None)  # made by an idle lane after the start
+    spare = e._spare
+    assert set(spare) == set(prunable_names(e.base))  # one domain's masked weights, no more
+    ptrs = {name: t.data_ptr() for name, t in spare.items()}
+    a = _add(r.state, fresh[0], "spare-a")
+    # the buffers held zeros (or another mask's weights): the pixels are still the reference's
+    assert np.array_equal(e.submit(a, 0, 2).result(60), reference(fresh[0], 0, 2))
+    built = e._cache.get(a)
+    assert {name: built[name].data_ptr() for name in ptrs} == ptrs  # written into the spare
+    assert _wait_for(lambda: e._spare is not None and e._spare is not spare)  # and another made
+    b = _add(r.state, fresh[1], "spare-b")
+    assert np.array_equal(e.submit(b, 1, 2).result(60), reference(fresh[1], 1, 2))
+
+
 def test_mask_only_in_the_shared_store_is_fetched_verified_and_cached(running, masks):
     writer = running()
     data = make_mask(0.4, 21)
