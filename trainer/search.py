@@ -352,20 +352,30 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
         now = pruner.binary_masks()
         return sum(int((now[n] != m).sum()) for n, m in start.items()) / total
 
-    def snapshot() -> nn.Module:
-        twin = copy.deepcopy(g)
-        with torch.no_grad():
-            recalibrate_bn(twin, spec.nz, batches=max(2, cfg.bn_batches // 2), seed=cfg.seed + 2, device=device)
-        return twin.eval()
-
     losses = _loop(g, pruner.scores(), cfg, objective, extractor, device, pruner.set_step,
                    progress, cancel, checkpoint, resume, keep=lambda: masked_layers(g)[0][1].keep,
-                   snapshot=snapshot, drift=drift)
+                   snapshot=lambda: snapshot_of(g, spec, cfg, device), drift=drift)
     final = losses[-1][1] if losses else float("nan")
     extra = {} if from_weights is None else {"base_source": "weights"}
     data = _finish_mask(g, pruner, spec, sha, cfg, domain, dataset.dataset_sha256,
                         extractor.name, cfg.iterations, {"final_loss": final}, device, extra)
     return SearchResult(data, final, time.monotonic() - t0, losses)
+
+
+def snapshot_of(g: nn.Module, spec: BaseSpec, cfg: SearchConfig, device: str,
+                keep_only: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model as it stands mid-run, ready to evaluate: a copy (the run goes on untouched)
+    with `keep_only`'s pruned weights zeroed (fine-tuning: Adam's momentum moves them until the
+    end) and BatchNorm statistics recalibrated, in eval mode. A ticket, a dense model or a
+    fine-tuned ticket alike."""
+    twin = copy.deepcopy(g)
+    with torch.no_grad():
+        if keep_only is not None:
+            named = dict(twin.named_parameters())
+            for n, m in keep_only.items():
+                named[n].mul_(m.to(device))
+        recalibrate_bn(twin, spec.nz, batches=max(2, cfg.bn_batches // 2), seed=cfg.seed + 2, device=device)
+    return twin.eval()
 
 
 # ---- dense weights files (dense-training and fine-tuning baselines) --------------------------
@@ -413,7 +423,8 @@ def _train_weights(g: Generator, spec: BaseSpec, cfg: SearchConfig, dataset, kin
         for n, m in grad_mask.items():
             named[n].register_hook(lambda grad, m=m.to(device): grad * m)
     losses = _loop(g, params, cfg, objective, extractor, device, lambda t: None, progress, cancel,
-                   checkpoint, resume, keep=lambda: 1.0)
+                   checkpoint, resume, keep=lambda: 1.0,
+                   snapshot=lambda: snapshot_of(g, spec, cfg, device, grad_mask))
     for p in g.parameters():
         p.requires_grad_(False)
     if grad_mask is not None:  # Adam's momentum may move masked weights off zero; keep them pruned

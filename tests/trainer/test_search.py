@@ -314,6 +314,36 @@ def test_dense_baseline_trains_batchnorm_affine_as_gfmn(emoji64, cache):
     assert not torch.equal(trained["output.weight"], init["output.weight"])
 
 
+@pytest.mark.slow
+def test_dense_and_finetune_runs_give_snapshots_mid_run(emoji64, cache):
+    """The reproduce suite scores snapshots of dense and fine-tuning runs (`select_every`, the
+    dense rate's choice) as it does a search's: a copy in eval mode that generates, the run
+    itself untouched, a fine-tuned ticket's pruned weights still zero."""
+    from trainer.generator import latents
+    from trainer.search import finetune, random_mask, train_dense
+
+    ds = open_dataset(emoji64, cache_dir=cache)
+    seen = []
+
+    def progress(p):
+        if p.iteration == 2:
+            seen.append(p.snapshot())
+
+    train_dense(SPEC, quick(iterations=3, lr=1e-2), ds, cache_dir=cache, progress=progress)
+    assert len(seen) == 1 and not seen[0].training
+    with torch.no_grad():
+        x = seen[0](latents(0, 0, 2, SPEC.nz))
+    assert x.shape == (2, 3, 64, 64) and torch.isfinite(x).all()
+
+    mask = decode_mask(random_mask(SPEC, quick(k=0.3), ds.dataset_sha256))
+    seen.clear()
+    finetune(mask, quick(iterations=3, lr=1e-2), ds, cache_dir=cache, progress=progress)
+    named = dict(seen[0].named_parameters())
+    for name, keep in mask.masks().items():
+        assert torch.all(named[name][~keep] == 0), name
+        assert torch.any(named[name][keep] != 0), name
+
+
 def test_paper_preset_is_eq3_as_released_and_never_swaps_vgg19():
     paper, none = config_from("paper"), config_from(None)
     for cfg in (paper, none):
