@@ -173,7 +173,14 @@ def render(r: dict) -> str:
                   f"(`cold_first_image_ms`, the swap and one width-{s['width']:g} pass on one thread): "
                   f"{_f(s.get('cold_first_image_ms'), 1)} ms median, against {_f(s.get('warm_image_ms'), 1)} "
                   f"ms warm. Where it goes (ms, medians on other never-seen masks): "
-                  f"{_parts(s.get('cold_first_image_parts_ms'))}.",
+                  f"{_parts(s.get('cold_first_image_parts_ms'))}. What it took (249 ms before, the first "
+                  "pass included; timed inside the engine at width 1): the build wrote a fresh 47 MB "
+                  "of weights, a page fault per 4 KiB on the request's path (33-100 ms on one core, "
+                  "growing with the heap); an idle lane now keeps one domain's buffers ready "
+                  "(allocated and touched) and the build writes into them (about 13 ms). Made beside a "
+                  "pass, those buffers slowed the pass (a cold domain's first: 95 -> 140 ms), so they "
+                  "are made only when no pass is under way. The decode (constriction's range coder, "
+                  "about 28 ns a byte, holding the GIL) is what remains.",
                   f"- Cold swap, build only (`swap_cold_build_ms`, base x mask built on the device from "
                   f"a mask already in RAM): {s['cold_switch_ms']:.1f} ms median, "
                   f"{s['cold_switch_best_ms']:.1f} best; at a full cache, into evicted buffers, "
