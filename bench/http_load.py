@@ -83,10 +83,19 @@ def _rejected(url: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _level(url: str, script: Path, c: int, duration_s: int, n: int) -> dict:
-    """One wrk level: the statuses as the script counted them, so 429s are told apart from
-    errors (any other non-200, and socket errors); the server's own 429 counter beside them
-    (it also counts refusals of requests wrk stopped waiting for at the end)."""
+WARMUP_S = 3  # wrk at a level's connections before it is measured
+
+
+def _level(url: str, script: Path, c: int, duration_s: int, n: int, warmup_s: int = WARMUP_S) -> dict:
+    """One wrk level, after WARMUP_S of the same load unmeasured (the previous level's
+    abandoned requests still run, and a new level's connections all arrive at once: that
+    transient is not the steady state a level measures). The statuses as the script counted
+    them, so 429s are told apart from errors (any other non-200, and socket errors); the
+    server's own 429 counter beside them (it also counts refusals of requests wrk stopped
+    waiting for at the end)."""
+    if warmup_s:
+        subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{warmup_s}s", "--timeout", "30s", "-s", str(script), url],
+                       capture_output=True, text=True, timeout=warmup_s + 120)
     before = _rejected(url)
     run_ = subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{duration_s}s", "--latency", "--timeout", "30s",
                            "-s", str(script), url], capture_output=True, text=True, timeout=duration_s + 120)

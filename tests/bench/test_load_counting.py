@@ -78,7 +78,7 @@ def test_wrk_level_counts_statuses_from_its_own_script(counting_server, tmp_path
     url, tally = counting_server
     script = tmp_path / "load.lua"
     script.write_text(http_load._SCRIPT % ('"d"', 1, 10_000_000))
-    res = http_load._level(url, script, c=2, duration_s=1, n=1)
+    res = http_load._level(url, script, c=2, duration_s=1, n=1, warmup_s=0)
     answered = sum(tally.values())
     counted = res["requests"]
     # wrk stops with at most one request in flight per connection, which the server answered
@@ -88,6 +88,18 @@ def test_wrk_level_counts_statuses_from_its_own_script(counting_server, tmp_path
         assert tally[status] - 2 <= (res[key] if key else round(res["images_per_s"] * res["seconds"])) <= tally[status]
     assert tally[503] - 2 <= res["errors"] <= tally[503]  # the 503s, and only they, are errors
     assert res["refused_429_server"] == tally[429]
+
+
+def test_wrk_level_measures_after_its_warm_up(counting_server, tmp_path) -> None:
+    """A level's warm-up is load the server answers but the level does not count: wrk's own
+    figures and the server's 429 counter both start after it."""
+    url, tally = counting_server
+    script = tmp_path / "load.lua"
+    script.write_text(http_load._SCRIPT % ('"d"', 1, 10_000_000))
+    res = http_load._level(url, script, c=2, duration_s=1, n=1, warmup_s=1)
+    answered = sum(tally.values())
+    assert res["requests"] > 30 and answered > res["requests"] + 30  # the warm-up's went uncounted
+    assert res["refused_429"] - 2 <= res["refused_429_server"] <= res["refused_429"] + 2 < tally[429]
 
 
 def test_open_loop_sends_again_on_a_kept_alive_connection_the_server_closed() -> None:
