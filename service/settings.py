@@ -25,10 +25,10 @@ class Settings(SharedSettings):
     # admission: a request whose estimated wait (queued images x measured seconds per image /
     # lanes) exceeds this gets 429 with Retry-After at once (0: only queue_limit bounds it).
     # A refused connection is not read for at least half of it (service.admission), so a
-    # client retrying at once waits about 1.5x this in all: 700 ms keeps that near 1 s and a
-    # p99 under 2 s with room for the estimate's error (at 1000 ms: p99 1.6-2.2 s at 256
-    # connections on 2 cores, docs/BENCHMARKS.md)
-    max_wait_ms: float = Field(700.0, ge=0)
+    # client retrying at once waits about 1.5x this in all. 700 ms cut the p99 at 256
+    # connections (10 s levels) but refused more: the refusals' churn took width 1 from 34
+    # to 28 images/s and refused some requests at 16 connections (docs/BENCHMARKS.md)
+    max_wait_ms: float = Field(1000.0, ge=0)
     batch_window_ms: float = 5.0
     max_batch: int = 32
     # CPU forward passes of at most this many images; between passes a newly waiting domain
