@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> dict:
         "search": lambda: search_speed.run(
             [(1.0, 16), (1.0, 64), (0.25, 16)] if q else [(1.0, 16), (1.0, 64), (0.25, 16), (0.25, 64)],
             device=dev, steps=2 if q else 3, trials=3, warmup=1 if q else 2),
-        "http": lambda: http_load.run(widths=(0.25, 1.0), duration_s=10 if q else 20,
+        "http": lambda: http_load.run(widths=(0.25, 1.0), duration_s=5 if q else 8, closed_rounds=3,
                                       open_duration_s=8 if q else 15,
                                       search_nice=(10,) if q else (10, 0)),
         "domains": lambda: domains.main(["--domains", "1000" if q else "10000", "--zipf-over", "1000",

@@ -254,7 +254,11 @@ def render(r: dict) -> str:
     if "http_widths" in r:
         lines += ["## HTTP under load (loopback)", "",
                   f"The API as its own process, `GET /generate?n={r['http_n']}` over 8 resident domains. "
-                  f"Closed loop: `wrk -t2`, {r['http_duration_s']} s a level. Open loop "
+                  f"Closed loop: `wrk -t2`, {r['http_duration_s']} s a level after 3 s unmeasured, "
+                  f"the levels interleaved in {r.get('http_rounds', 1)} rounds (the order reversed every "
+                  "other round), each figure the median of its rounds (images/s of each round in the "
+                  "last column): one 20 s level's images/s moved by about 10% from run to run on "
+                  "this machine, as much as the margin of the 0.9x target. Open loop "
                   "(`bench/open_loop.py`, HTTP/1.1 over asyncio streams: httpx could not send faster than "
                   "about 100 requests/s on these 2 cores, so its table measured the client): a constant arrival rate, a multiple of the closed "
                   "loop's images/s at 16 connections, over at most that many connections, "
@@ -290,9 +294,12 @@ def render(r: dict) -> str:
         for w, res in r["http_widths"].items():
             lines += [f"### {w.replace('_', ' ')} ({res.get('lanes')} inference lanes, "
                       f"SLT_MAX_WAIT_MS {res.get('max_wait_ms')})", "",
-                      _table(["wrk connections", "requests", "p50 ms", "p99 ms", "images/s", "429s", "errors"],
+                      _table(["wrk connections", "requests", "p50 ms", "p99 ms", "images/s", "429s", "errors",
+                              "images/s by round"],
                              [[c, x["requests"], x["p50_ms"], x["p99_ms"], x["images_per_s"],
-                               x["refused_429"], x["errors"]] for c, x in res["closed"].items()]), "",
+                               x["refused_429"], x["errors"],
+                               " / ".join(f"{v['images_per_s']:.1f}" for v in x.get("rounds", []))]
+                              for c, x in res["closed"].items()]), "",
                       _table(["open loop: rate/s (x capacity)", "connections", "sent", "images/s",
                               "p50 ms", "p90 ms", "p99 ms", "429s", "errors"],
                              [[f"{x['rate_per_s']:.1f} ({x['rate_x_capacity']:g}x)", x["connections"], x["sent"],

@@ -125,3 +125,16 @@ def test_open_loop_sends_again_on_a_kept_alive_connection_the_server_closed() ->
     with _serving(Handler) as url:
         res = open_loop.run(url, rate=60, duration_s=1.0, connections=2, path=lambda i: f"/x?i={i}")
     assert res["errors"] == 0 and res["ok"] == answered[200] == 60, res["statuses"]
+
+
+def test_a_level_over_its_rounds_is_the_median_with_counts_summed() -> None:
+    def lv(ips, p99, refused):
+        return {"p50_ms": p99 / 2, "p99_ms": p99, "requests_per_s": ips + refused / 10, "images_per_s": ips,
+                "requests": ips * 10 + refused, "seconds": 10.0, "non_2xx": refused, "socket_errors": 0,
+                "refused_429": refused, "refused_429_server": refused, "errors": 0}
+
+    level = http_load.median_level([lv(230.0, 900.0, 5), lv(260.0, 2100.0, 0), lv(250.0, 1300.0, 10)])
+    assert level["images_per_s"] == 250.0 and level["p99_ms"] == 1300.0 and level["p50_ms"] == 650.0
+    assert level["p99_max_ms"] == 2100.0  # the worst round is kept beside the median
+    assert level["requests"] == 2305 + 2600 + 2510 and level["refused_429"] == 15 and level["seconds"] == 30.0
+    assert [r["images_per_s"] for r in level["rounds"]] == [230.0, 260.0, 250.0]
