@@ -288,7 +288,15 @@ def render(r: dict) -> str:
                   "Retry-After), as a client honouring Retry-After would wait. wrk's latency for the "
                   "request sent after a 429 includes that pause.",
                   "- **False 429s.** The wall-clock rate counted an idle gap before a lone request as "
-                  "busy time; it now counts only gaps with images waiting.", "",
+                  "busy time; it now counts only gaps with images waiting.",
+                  "- **Open: the express lane at 256 connections.** Measured round by round, width 0.25 "
+                  "at 256 connections over 8 domains keeps 0.72-0.89x of 16's images/s. With "
+                  "`SLT_EXPRESS_LANE=0` the same load kept 0.96x (two 5 s rounds each: 237.7 against "
+                  "189.2 images/s) but its p99 rose from 1.8 to 3.2 s: under admission a flooded "
+                  "domain's queue is often short enough to count as light, so the express lane runs "
+                  "its 1-image passes (padded to 2) as a third thread beside the lanes. To do: offer "
+                  "the express lane only to a domain served far less lately than the others, and "
+                  "measure the eight-domain fairness flood again.", "",
                   "wrk's percentiles are over every response, 429s included; the open loop's are over "
                   "the 200s, from each request's scheduled arrival.", ""]
         for w, res in r["http_widths"].items():
