@@ -365,9 +365,9 @@ def search(spec: BaseSpec, cfg: SearchConfig, dataset, domain: str = "", device:
 def snapshot_of(g: nn.Module, spec: BaseSpec, cfg: SearchConfig, device: str,
                 keep_only: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The model as it stands mid-run, ready to evaluate: a copy (the run goes on untouched)
-    with `keep_only`'s pruned weights zeroed (fine-tuning: Adam's momentum moves them until the
-    end) and BatchNorm statistics recalibrated, in eval mode. A ticket, a dense model or a
-    fine-tuned ticket alike."""
+    with `keep_only`'s pruned weights zeroed (fine-tuning: as the run's end does, should the
+    optimiser have moved them) and BatchNorm statistics recalibrated, in eval mode. A ticket,
+    a dense model or a fine-tuned ticket alike."""
     twin = copy.deepcopy(g)
     with torch.no_grad():
         if keep_only is not None:

@@ -2,6 +2,7 @@
 robin weighted by images, FIFO within a domain, nothing lost or taken twice."""
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 from service.batcher import Batcher
@@ -336,8 +337,6 @@ def test_a_mask_with_a_pass_running_is_not_light_until_it_lands():
 
 
 def test_a_spare_buffer_is_made_only_once_no_pass_is_under_way():
-    import threading
-
     b = Batcher(queue_limit=100, max_batch=8, window_s=0, one_mask_steps=True)
     b.submit("a", None, seed=0, n=4)
     kind, chunks = b.next_work()
