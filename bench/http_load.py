@@ -87,6 +87,13 @@ def _rejected(url: str) -> float:
 WARMUP_S = 3  # wrk at a level's connections before it is measured
 
 
+def _wrk(url: str, script: Path, c: int, seconds: int, *flags: str) -> str:
+    """wrk's output for `seconds` of `c` connections driven by `script`."""
+    return subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{seconds}s", *flags, "--timeout", "30s",
+                           "-s", str(script), url], capture_output=True, text=True,
+                          timeout=seconds + 120).stdout
+
+
 def _level(url: str, script: Path, c: int, duration_s: int, n: int, warmup_s: int = WARMUP_S) -> dict:
     """One wrk level, after WARMUP_S of the same load unmeasured (the previous level's
     abandoned requests still run, and a new level's connections all arrive at once: that
@@ -95,12 +102,9 @@ def _level(url: str, script: Path, c: int, duration_s: int, n: int, warmup_s: in
     server's own 429 counter beside them (it also counts refusals of requests wrk stopped
     waiting for at the end)."""
     if warmup_s:
-        subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{warmup_s}s", "--timeout", "30s", "-s", str(script), url],
-                       capture_output=True, text=True, timeout=warmup_s + 120)
+        _wrk(url, script, c, warmup_s)
     before = _rejected(url)
-    run_ = subprocess.run(["wrk", "-t2", f"-c{c}", f"-d{duration_s}s", "--latency", "--timeout", "30s",
-                           "-s", str(script), url], capture_output=True, text=True, timeout=duration_s + 120)
-    res = parse_wrk(run_.stdout)
+    res = parse_wrk(_wrk(url, script, c, duration_s, "--latency"))
     statuses = res.pop("statuses")
     if sum(statuses.values()) < res["requests"] - res["socket_errors"]:
         raise RuntimeError(f"the wrk script counted {statuses} of {res['requests']} requests")
@@ -121,7 +125,7 @@ def run(widths: tuple[float, ...] = (0.25, 1.0), clients: tuple[int, ...] = (16,
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
     out: dict = {"http_n": n, "http_duration_s": duration_s, "http_open_duration_s": open_duration_s,
-                 "http_rounds": closed_rounds, "http_widths": {}}
+                 "http_rounds": closed_rounds, "http_warmup_s": WARMUP_S, "http_widths": {}}
     for i, width in enumerate(widths):
         out["http_widths"][f"width_{width:g}"] = _width(width, clients, duration_s, n, open_rates,
                                                        open_duration_s, cache,

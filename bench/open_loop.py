@@ -75,7 +75,8 @@ async def _run(url: str, rate: float, duration_s: float, connections: int,
                         partial = getattr(e, "partial", b"")
                         if attempt or not reused or partial:
                             raise
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError, IndexError) as e:
                 statuses[type(e).__name__] += 1  # a socket error, a timeout, a malformed answer
                 if stream is not None:
                     stream[1].close()

@@ -254,7 +254,8 @@ def render(r: dict) -> str:
     if "http_widths" in r:
         lines += ["## HTTP under load (loopback)", "",
                   f"The API as its own process, `GET /generate?n={r['http_n']}` over 8 resident domains. "
-                  f"Closed loop: `wrk -t2`, {r['http_duration_s']} s a level after 3 s unmeasured, "
+                  f"Closed loop: `wrk -t2`, {r['http_duration_s']} s a level after "
+                  f"{r.get('http_warmup_s', 0)} s unmeasured, "
                   f"the levels interleaved in {r.get('http_rounds', 1)} rounds (the order reversed every "
                   "other round), each figure the median of its rounds (images/s of each round in the "
                   "last column): one 20 s level's images/s moved by about 10% from run to run on "

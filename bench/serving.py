@@ -2,8 +2,8 @@
 stream mixing 8 domains (uniform and Zipf), of one mixing more domains than the device cache
 holds (so the stream evicts), and of the same network run dense; a never-seen domain's first
 image end to end (fetch from the shared store, decode and verify, build, first pass), what that
-adds over the same image of a resident domain, and the build alone; the added time of a warm domain switch; the bytes each extra domain holds in RAM
-and on the device.
+adds over the same image of a resident domain, and the build alone; the added time of a warm
+domain switch; the bytes each extra domain holds in RAM and on the device.
 
     python bench/serving.py                    # the default base (width 1), about 10 min on 2 cores
     python bench/serving.py --width 0.0625     # the tiny test base, seconds
