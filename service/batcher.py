@@ -8,8 +8,11 @@ one mask's forward pass (`one_mask_steps`): the masks take passes in turn, so a 
 at most one pass of each other waiting domain, and a domain that had nothing waiting goes
 first when all it waits for fits one pass (a sparse flow, as in FQ-CoDel; every other step at
 most), so a light domain waits about one pass behind any flood. The express lane
-(`next_express_work`, one more thread beside the lanes) takes only such sparse masks' requests,
-so a light request starts at once, the OS sharing the cores with the flood's passes, instead of
+(`next_express_work`, one more thread beside the lanes) takes only such sparse masks' requests
+that also opened their mask's busy period (it had nothing waiting or under way when the first
+came: a light client's, never a backlogged flood's, whose short queue after a pass lands would
+otherwise fill a third thread with tiny passes on cores the lanes already use), so a light
+request starts at once, the OS sharing the cores with the flood's passes, instead of
 waiting for a lane to finish one; a closed-loop light client can so take up to one lane's share
 of the cores, never more, and the flood's round robin goes on as before. Also queues
 idle work (weights to build, a spare buffer to make ready) and lets maintenance hold the
@@ -56,6 +59,7 @@ class Request:
     back: list[tuple[int, int]] = field(default_factory=list)  # (first, count) steps gave back
     done: int = 0  # images written
     z: np.ndarray | None = None  # float32 [n,nz] latents given (an interpolation), else latents(seed, i)
+    opens: bool = False  # its mask had nothing waiting or under way when it came (a busy period's first)
 
     @property
     def untaken(self) -> int:
@@ -127,6 +131,7 @@ class Batcher:
             retry = self.refusal(n, mask_id)  # again, holding the lock: the answer of record
             if retry is not None:
                 self._refused(retry, n, mask_id)
+            req.opens = not self._by_mask.get(mask_id) and not self._flying.get(mask_id)
             self._queue.append(req)
             self._count(mask_id, n)
             self._gauge_locked()
@@ -250,12 +255,12 @@ class Batcher:
 
     def _sparse_waiting(self) -> tuple[list[Request], float]:
         """(the requests of the sparse mask (all it waits for fits one pass, none of it under
-        way) served least lately whose oldest request's window is over, or []; seconds until
-        the next one's is)."""
+        way, and the first of them opened its busy period) served least lately whose oldest
+        request's window is over, or []; seconds until the next one's is)."""
         waiting = self._waiting()
         now = time.monotonic()
         sparse = {m: rs[0].enqueued + self.window_s - now for m, rs in waiting.items()
-                  if _sparse(rs, self.max_batch, self._flying[m])}
+                  if rs[0].opens and _sparse(rs, self.max_batch, self._flying[m])}
         ready = [m for m, left in sparse.items() if left <= 0]
         if ready:
             return waiting[min(ready, key=lambda m: self._recent.get(m, 0.0))], 0.0
