@@ -136,7 +136,20 @@ class Batcher:
             self._count(mask_id, n)
             self._gauge_locked()
             self._cond.notify_all()
+        # a cancelled request (its client gone: service.departed) leaves the queue at once, so
+        # its images no longer count in the wait that admission estimates for the others
+        fut.add_done_callback(lambda f, req=req: self._forget(req) if f.cancelled() else None)
         return fut
+
+    def _forget(self, req: Request) -> None:
+        """A cancelled request's images not yet handed to a step leave the queue (those in a
+        step are made and dropped)."""
+        with self._cond:
+            if req in self._queue:
+                self._count(req.mask_id, -req.untaken)
+                req.taken, req.back = req.n, []
+                self._queue.remove(req)
+                self._gauge_locked()
 
     def warm(self, mask: MaskFile) -> None:
         """Ask the loop to build this mask's weights when it has nothing else to do."""

@@ -390,3 +390,16 @@ def test_a_spare_buffer_is_made_only_once_no_pass_is_under_way():
     t.join(5)
     assert got == [("spare", None)]
     b.stop()
+
+
+def test_a_cancelled_request_leaves_the_queue_and_the_wait_estimate_at_once():
+    """A request whose client left (its future cancelled) stops counting at once, in the depth
+    and in the images another request would wait behind, and no step takes it."""
+    b = Batcher(queue_limit=100, max_batch=4, window_s=0, one_mask_steps=True)
+    gone = b.submit("a", None, seed=0, n=3)
+    b.submit("a", None, seed=1, n=2)
+    assert b.depth() == 5 and b.images_ahead(1, "a") == 6
+    assert gone.cancel()
+    assert b.depth() == 2 and b.images_ahead(1, "a") == 3
+    assert [(r.seed, c) for r, _, c in b.take(4)] == [(1, 2)]
+    assert b.depth() == 0
