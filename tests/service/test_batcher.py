@@ -3,7 +3,10 @@ robin weighted by images, FIFO within a domain, nothing lost or taken twice."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+
+import pytest
 
 from service.batcher import Batcher
 from service.errors import Saturated
@@ -403,3 +406,26 @@ def test_a_cancelled_request_leaves_the_queue_and_the_wait_estimate_at_once():
     assert b.depth() == 2 and b.images_ahead(1, "a") == 3
     assert [(r.seed, c) for r, _, c in b.take(4)] == [(1, 2)]
     assert b.depth() == 0
+
+
+def test_the_wait_estimate_is_calibrated_by_finished_requests_against_their_estimates():
+    """Requests that waited behind a queue and took twice their estimate at admission raise
+    the seconds charged per image by a moving average of that ratio (closed form after k
+    requests: 1 + (2 - 1)(1 - 0.95^k)); a request with at most one round of passes ahead
+    (the passes' grain) teaches nothing."""
+    b = Batcher(queue_limit=1000, max_batch=4, window_s=0, one_mask_steps=True)
+    b.record(4, 0.04)  # 0.01 s an image on the one lane
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01)
+    b.submit("a", None, seed=0, n=3)  # 3 images ahead: no more than one pass
+    for r, _, c in b.take(4):
+        r.enqueued -= 10.0  # far slower than its estimate
+        b.written(r, c)
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01)
+    k = 20
+    for i in range(k):
+        b.submit("a", None, seed=1 + i, n=8)  # 8 images ahead: estimated 0.08 s
+        for r, _, c in b.take(8):
+            r.enqueued = time.monotonic() - 2 * 0.08  # it took twice that
+            b.written(r, c)
+    factor = 1 + (2 - 1) * (1 - 0.95 ** k)
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01 * factor, rel=1e-3)
