@@ -154,6 +154,11 @@ def render(r: dict) -> str:
     lines += [_table(["figure", "value", "target", "met"], summary_rows(r)), ""]
     secs = r.get("seconds", {})
     lines += [f"Section times (s): {', '.join(f'{k} {v:g}' for k, v in secs.items())}.", ""]
+    commits = r.get("section_commits", {})
+    if any(c != env.get("commit") for c in commits.values()):  # `--only` re-ran some sections
+        lines += ["Each section was measured at its own commit (a later `--only` run re-measured "
+                  "some and kept the rest): "
+                  + ", ".join(f"{k} `{c}`" for k, c in commits.items()) + ".", ""]
 
     if "serving_detail" in r:
         s = r["serving_detail"]
