@@ -2,9 +2,9 @@
 
 A client that gives up (its timeout, a closed tab, a load generator stopping) leaves its request
 in the queue, and under overload that queue holds up to `SLT_MAX_WAIT_MS` of work: made for
-nobody, while the clients still waiting wait longer. So a `GET /generate…` request runs as a
-task beside a watch on its connection; when the client disconnects before its response is
-written, the task is cancelled, which cancels its batcher future (asyncio.wrap_future passes
+nobody, while the clients still waiting wait longer. So a `GET /generate` or `/interpolate`
+request (the routes that queue images) runs as a task beside a watch on its connection; when
+the client disconnects before its response is written, the task is cancelled, which cancels its batcher future (asyncio.wrap_future passes
 the cancel on), and the batcher skips cancelled requests' images not yet handed to a pass.
 Images already in a pass are finished and dropped.
 """
@@ -15,7 +15,7 @@ import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-PREFIX = "/generate"
+PATHS = ("/generate", "/interpolate")  # the routes that queue images
 
 
 class DropDeparted:
@@ -26,7 +26,7 @@ class DropDeparted:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
-                and scope["path"].startswith(PREFIX)):
+                and scope["path"] in PATHS):
             await self.app(scope, receive, send)
             return
         first = await receive()  # a GET's whole request (no body)

@@ -375,7 +375,9 @@ def test_a_request_that_cannot_start_in_time_is_429_at_once(tmp_path, redis_url,
         assert float(rejected.group(1)) == 1.0
 
 
-def test_a_generation_whose_client_disconnects_leaves_the_queue(server, masks):
+@pytest.mark.parametrize("leaving_path", ["/generate?domain=alpha&seed=77&n=3",
+                                          "/interpolate?domain=alpha&seed=77&seed_to=79&steps=3"])
+def test_a_generation_whose_client_disconnects_leaves_the_queue(server, masks, leaving_path):
     """A client that gives up while its request waits takes its images out of the queue at
     once (they no longer count in anyone's estimated wait and are never made), while a client
     that stays is answered; over raw sockets to the real server."""
@@ -383,10 +385,9 @@ def test_a_generation_whose_client_disconnects_leaves_the_queue(server, masks):
 
     host, port = server.url.removeprefix("http://").split(":")
 
-    def send(seed: int, n: int) -> socket.socket:
+    def send(path: str) -> socket.socket:
         s = socket.create_connection((host, int(port)), timeout=60)
-        s.sendall(f"GET /generate?domain=alpha&seed={seed}&n={n}&format=json HTTP/1.1\r\n"
-                  f"host: x\r\nconnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path}&format=json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
         return s
 
     def until(depth: int) -> bool:
@@ -398,7 +399,7 @@ def test_a_generation_whose_client_disconnects_leaves_the_queue(server, masks):
     server.engine.load_mask(mask_id(masks["alpha"]))
     with server.engine.hold():  # nothing starts: both requests wait in the queue
         assert until(0)
-        leaving, staying = send(77, 3), send(78, 2)
+        leaving, staying = send(leaving_path), send("/generate?domain=alpha&seed=78&n=2")
         assert until(5)
         leaving.close()
         assert until(2), server.engine.queue_depth()  # the departed client's 3 images are gone
