@@ -269,7 +269,7 @@ def cmd_curve(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from trainer.reproduce import run_suite
 
-    records = run_suite(a.config, a.dataset, a.out, a.docs, _device(a))
+    records = run_suite(a.config, a.dataset, a.out, a.docs, _device(a), report_only=a.report)
     print(json.dumps([{k: r[k] for k in ("dataset", "run", "method", "kid", "fid", "seconds")}
                       for r in records], indent=1))
     return 0
@@ -369,12 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from its checkpoint. Writes DOCS/results/<config>.json and .md and "
                                    "DOCS/images/<config>/.")
     r.add_argument("--config", required=True,
-                   help="quick (a 2-core CPU, about an hour), full (a GPU), or a suite .toml path")
+                   help="quick (a 2-core CPU, about 4 hours), budget (about 5 hours), full (a GPU), "
+                        "or a suite .toml path")
     r.add_argument("--dataset", action="append",
                    help="dataset name ($SLT_HOME/datasets) or path; repeat for more (default: the suite's)")
     r.add_argument("--out", type=Path, help="artifacts and run records (default $SLT_HOME/reproduce/<config>)")
     r.add_argument("--docs", type=Path, default=Path("docs"), help="where results and images go (default docs)")
     r.add_argument("--device", type=_device_name, default=None, help="auto (default), cpu, cuda or cuda:N")
+    r.add_argument("--report", action="store_true",
+                   help="run nothing: results, tables and plots from the runs finished so far (here, "
+                        "or committed under DOCS/results/<config>/), marked part way where some are not")
     r.set_defaults(func=cmd_reproduce)
 
     i = sub.add_parser("inspect", help="a mask file's metadata as JSON")

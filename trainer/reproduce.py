@@ -263,6 +263,32 @@ class Runner:
     def plan(self) -> list[tuple[str, Run]]:
         return [(d, r) for r in self.suite.runs for d in _datasets_of(r, self.datasets)]
 
+    def finished(self, ds: str, run: Run) -> dict | None:
+        """A run's record (here, or committed from another checkout) if it is current: made by
+        the run as the suite now defines it and scored by this evaluation protocol."""
+        path = self.record_path(ds, run)
+        rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
+        if rec is None or not self.same_settings(ds, run, rec) or rec.get("eval_version") != EVAL_VERSION:
+            return None
+        return rec
+
+    def report(self) -> list[dict]:
+        """Results, tables and plots from the runs finished so far; nothing runs (a suite part
+        way through, e.g. in a session's background, reported as far as it got)."""
+        plan = self.plan()
+        done = [(ds, run, rec) for ds, run in plan if (rec := self.finished(ds, run)) is not None]
+        log.info("suite %s: %d of %d runs finished", self.suite.name, len(done), len(plan))
+        records = [self._labelled(run, rec) for _, run, rec in done]
+        self.write_results(records, planned=len(plan))
+        return records
+
+    def _labelled(self, run: Run, rec: dict) -> dict:
+        # the claims a run serves are the suite's to say, even for a run kept from before; records
+        # written before the init label existed take it too
+        rec = {**rec, "claims": run.claims, "claim": run.claims[0] if run.claims else ""}
+        rec["init"] = _init_label(rec["method"], rec["init"])
+        return rec
+
     def execute(self) -> list[dict]:
         plan = self.plan()
         from tqdm import tqdm
@@ -290,12 +316,8 @@ class Runner:
                 rec = self.run_one(ds, run)
             self._keep(ds, run, rec)
             log.info("%s/%s: KID %.4f FID %.1f in %.0f s", ds, run.id, rec["kid"], rec["fid"], rec["seconds"])
-        # the claims a run serves are the suite's to say, even for a run kept from before
-        records = [{**json.loads(self.record_path(ds, run).read_text()), "claims": run.claims,
-                    "claim": run.claims[0] if run.claims else ""} for ds, run in plan]
-        for r in records:  # records written before the label existed take it too
-            r["init"] = _init_label(r["method"], r["init"])
-        self.write_results(records)
+        records = [self._labelled(run, json.loads(self.record_path(ds, run).read_text())) for ds, run in plan]
+        self.write_results(records, planned=len(plan))
         return records
 
     # ---- one run ---------------------------------------------------------------------------
@@ -490,7 +512,7 @@ class Runner:
 
     # ---- results ---------------------------------------------------------------------------
 
-    def write_results(self, records: list[dict]) -> None:
+    def write_results(self, records: list[dict], planned: int) -> None:
         results = self.docs / "results"
         results.mkdir(parents=True, exist_ok=True)
         from trainer.verdicts import summarise
@@ -500,9 +522,10 @@ class Runner:
         kept = [{k: v for k, v in r.items() if k != "artifact"} for r in records]
         summary = summarise(self.suite, records)
         doc = {"suite": self.suite.name, "description": self.suite.description, "scale": self.suite.scale,
-               "datasets": self.datasets, "eval": self.suite.eval, "summary": summary, "runs": kept}
+               "datasets": self.datasets, "eval": self.suite.eval, "runs_planned": planned,
+               "runs_finished": len(records), "summary": summary, "runs": kept}
         write_atomic(results / f"{self.suite.name}.json", json.dumps(doc, indent=1).encode())
-        write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records, summary).encode())
+        write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records, summary, planned).encode())
         plot_suite(self.suite, records, self.docs / "images" / self.suite.name, summary)
 
 
@@ -597,13 +620,18 @@ def summary_tables(summary: dict) -> list[str]:
     return lines
 
 
-def tables(suite: Suite, records: list[dict], summary: dict | None = None) -> str:
+def tables(suite: Suite, records: list[dict], summary: dict | None = None, planned: int | None = None) -> str:
     """The verdicts over seeds, then one markdown table per claim (a run appears under every
     claim it serves)."""
     claims: list[str] = []
     for r in records:
         claims += [c for c in r["claims"] if c not in claims]
-    lines = [f"# Suite `{suite.name}`", "", suite.description, "", f"Scale: {suite.scale}", "",
+    lines = [f"# Suite `{suite.name}`", "", suite.description, "", f"Scale: {suite.scale}", ""]
+    if planned is not None and len(records) < planned:
+        lines += [f"**Part way: {len(records)} of {planned} runs finished.** Rows, verdicts and curves "
+                  "below use the finished runs only (`python -m trainer reproduce --config "
+                  f"{suite.name}` goes on from them).", ""]
+    lines += [
              f"Evaluation: {suite.eval['split']} split, n vs n (n below), standard FID Inception, "
              f"precision/recall with k={suite.eval['pr_k']}, density/coverage with k=5, KID ± its "
              "standard deviation over subsets.", ""]
@@ -740,8 +768,10 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         plt.close(fig)
 
 
-def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: Path, device: str) -> list[dict]:
-    """Load a suite and run what is not finished yet; returns every run's record."""
+def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: Path, device: str,
+              report_only: bool = False) -> list[dict]:
+    """Load a suite and run what is not finished yet (with report_only, nothing: results from the
+    runs finished so far); returns the records reported."""
     from trainer.settings import get_settings
 
     suite = load_suite(config)
@@ -749,5 +779,6 @@ def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: P
     if not names:
         raise ValueError("no datasets: give --dataset NAME or list them in the suite")
     out = out or get_settings().home / "reproduce" / suite.name
-    return Runner(suite, names, Path(out), Path(docs), device).execute()
+    runner = Runner(suite, names, Path(out), Path(docs), device)
+    return runner.report() if report_only else runner.execute()
 

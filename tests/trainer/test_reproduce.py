@@ -357,3 +357,21 @@ def test_a_record_alone_runs_its_run_again(emoji_google_dir, tmp_path, monkeypat
     assert made == {"ep-s0", "ft-s0"}, made
     again = json.loads((docs / "results" / "repro.json").read_text())
     assert {r["run"]: r["kid"] for r in again["runs"]}["ep-s0"] == pytest.approx(recs["ep-s0"]["kid"])
+    assert (again["runs_finished"], again["runs_planned"]) == (5, 5)
+
+    # a suite part way (a run not finished in any checkout): --report writes results, tables and
+    # verdicts from the finished runs, marked part way, and runs nothing
+    (committed / "ft-s0.json").unlink()
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "trainer", "reproduce", "--config", str(tmp_path / "repro.toml"),
+                           "--dataset", str(data), "--out", str(report), "--docs", str(docs), "--report"],
+                          cwd=ROOT, env={**os.environ, "SLT_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["run"] for r in json.loads(proc.stdout)} == set(recs) - {"ft-s0"}
+    assert not (committed / "ft-s0.json").exists() and not list(report.rglob("*.safetensors"))
+    part = json.loads((docs / "results" / "repro.json").read_text())
+    assert (part["runs_finished"], part["runs_planned"]) == (4, 5)
+    assert {r["run"] for r in part["runs"]} == set(recs) - {"ft-s0"}
+    assert part["summary"]["comparisons"][0]["seeds"] == [0, 1]
+    assert "Part way: 4 of 5 runs finished" in (docs / "results" / "repro.md").read_text()
