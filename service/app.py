@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import errors, openapi
 from service.admission import Admission
 from service.auth import require_reader
+from service.departed import DropDeparted
 from service.routers import admin, datasets, domains, generate, health, jobs, masks, playground
 from service.settings import Settings, get_settings
 from service.state import AppState
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(playground.router)  # the public playground at / (its page holds no secret)
     for r in (generate, domains, masks, jobs, datasets, health):
         app.include_router(r.router, dependencies=[Depends(require_reader)])
-    app.add_middleware(Admission)  # the early 429: a refusal must cost next to nothing
+    app.add_middleware(DropDeparted)  # a generation whose client left is cancelled
+    app.add_middleware(Admission)  # outermost, the early 429: a refusal must cost next to nothing
     openapi.install(app)  # error bodies and configured bounds as the app really has them
     errors.install(app)  # each domain and store error -> its one HTTP answer
 

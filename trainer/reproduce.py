@@ -312,14 +312,21 @@ class Runner:
         state = load_checkpoint(ckpt)
         resumed_from = int(state["iteration"]) if state else 0
         prior = self._prior_seconds(clock, resumed_from)
+        prior_cpu = self._prior_seconds(clock, resumed_from, "cpu_seconds")
         # snapshots taken before a resume are kept with the clock, so a kill loses none of them
         kept = json.loads(clock.read_text()) if resumed_from and clock.is_file() else {}
         selection: list[dict] = [p for p in kept.get("selection", []) if p["iteration"] <= resumed_from]
         drift: list[list[float]] = [p for p in kept.get("drift", []) if p[0] <= resumed_from]
-        spent_eval = 0.0
+        spent_eval = spent_eval_cpu = 0.0
+        # CPU seconds of this process (all its threads): unlike wall-clock, not inflated while
+        # other work shares the cores, so a suite in a session's background still measures cost
+        cpu0 = time.process_time()
+
+        def cpu_seconds() -> float:
+            return prior_cpu + time.process_time() - cpu0 - spent_eval_cpu
 
         def progress(p) -> None:
-            nonlocal spent_eval
+            nonlocal spent_eval, spent_eval_cpu
             last = p.iteration == p.iterations
             selected = run.select_every and (p.iteration % run.select_every == 0 or last)
             if run.drift_every and p.drift is not None and (p.iteration % run.drift_every == 0 or last):
@@ -328,13 +335,16 @@ class Runner:
                 # the search's own seconds to this snapshot (earlier evaluations excluded): quality
                 # against wall-clock; p.elapsed_s was taken before this evaluation starts
                 seconds = round(prior + p.elapsed_s - spent_eval, 1)
-                t = time.monotonic()
+                t, c = time.monotonic(), time.process_time()
                 selection.append({"iteration": p.iteration, "seconds": seconds,
+                                  "cpu_seconds": round(cpu_seconds(), 1),
                                   **self._select_point(p.snapshot(), ds)})
                 spent_eval += time.monotonic() - t
+                spent_eval_cpu += time.process_time() - c
             if selected or p.iteration % 10 == 0:
                 write_atomic(clock, json.dumps({"iteration": p.iteration, "selection": selection, "drift": drift,
-                                                "seconds": prior + p.elapsed_s - spent_eval}).encode())
+                                                "seconds": prior + p.elapsed_s - spent_eval,
+                                                "cpu_seconds": cpu_seconds()}).encode())
 
         kw = dict(progress=progress, checkpoint=ckpt, resume=True)
         source = self.artifact(ds_name, run.source) if run.source else None
@@ -347,6 +357,7 @@ class Runner:
         else:  # finetune
             res = finetune(decode_mask(source.read_bytes()), cfg, ds, device=self.device, **kw)
         data, seconds, losses = res.data, res.seconds, res.losses
+        cpu = cpu_seconds()
         write_atomic(self.artifact(ds_name, run.id), data)
         g = self._generator(ds_name, run)
         metrics = self._evaluate(g, ds)
@@ -368,6 +379,7 @@ class Runner:
             "features": "none" if run.method == "random" else cfg.features,
             **{k: metrics[k] for k in RESULT_KEYS}, "eval_features": metrics["features"],
             "seconds": round(prior + seconds - spent_eval, 1) if run.method != "random" else 0.0,
+            "cpu_seconds": round(cpu, 1) if run.method != "random" else 0.0,
             "resumed_from": resumed_from, "device": _device_name(self.device), "eval_version": EVAL_VERSION,
             "from_sha256": _sha256(source) if source else None,
             "grid": str(grid_path.relative_to(self.docs)), "artifact": str(self.artifact(ds_name, run.id)),
@@ -437,12 +449,12 @@ class Runner:
         real_moments(ds, load_extractor(cfg.features, self.device), device=self.device)
 
     @staticmethod
-    def _prior_seconds(clock: Path, resumed_from: int) -> float:
-        """Search seconds spent before a resume, pro rata to the checkpoint's iteration."""
+    def _prior_seconds(clock: Path, resumed_from: int, key: str = "seconds") -> float:
+        """Search seconds (wall or CPU) spent before a resume, pro rata to the checkpoint's iteration."""
         if not resumed_from or not clock.is_file():
             return 0.0
         c = json.loads(clock.read_text())
-        return float(c["seconds"]) * min(1.0, resumed_from / max(1, c["iteration"]))
+        return float(c.get(key, 0.0)) * min(1.0, resumed_from / max(1, c["iteration"]))
 
     def _evaluate(self, g, ds) -> dict:
         from trainer.evaluate import evaluate_generator
@@ -577,10 +589,10 @@ def summary_tables(summary: dict) -> list[str]:
         if not b["points"]:
             continue
         lines += [f"## Quality against budget: {b['dataset']}/{b['row']} ({b['method']})", "",
-                  "| iteration | search s | seeds | KID held-out [95%] | FID held-out [95%] |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {p['iteration']} | {p['seconds']:.0f} | {p['seeds']} | {_iv(p['kid'])} | {_iv(p['fid'], 1)} |"
-                  for p in b["points"]]
+                  "| iteration | search s (wall) | search s (CPU) | seeds | KID held-out [95%] | FID held-out [95%] |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['iteration']} | {p['seconds']:.0f} | {_fmt(p.get('cpu_seconds'), 0)} | {p['seeds']} | "
+                  f"{_iv(p['kid'])} | {_iv(p['fid'], 1)} |" for p in b["points"]]
         lines.append("")
     return lines
 
@@ -677,6 +689,9 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         plt.close(fig)
     if any(b["points"] for b in summary["budget"]):
         fig, ax = plt.subplots(2, 2, figsize=(12, 7.5))
+        # CPU seconds where every snapshot has them: wall-clock counts the time other work held the cores
+        cpu = all(math.isfinite(p.get("cpu_seconds", math.nan)) for b in summary["budget"] for p in b["points"])
+        clock = "cpu_seconds" if cpu else "seconds"
         for i, b in enumerate(summary["budget"]):
             label, color = f"{b['dataset']}/{b['row']}", f"C{i % 10}"
             for j, m in enumerate(("kid", "fid")):
@@ -687,11 +702,12 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
                 pts = b["points"]
                 _bars(ax[j][0], [p["iteration"] for p in pts], [p[m] for p in pts], marker="o", color=color,
                       label=label)
-                _bars(ax[j][1], [p["seconds"] for p in pts], [p[m] for p in pts], marker="o", color=color,
+                _bars(ax[j][1], [p[clock] for p in pts], [p[m] for p in pts], marker="o", color=color,
                       label=label)
         for j, m in enumerate(("KID", "FID")):
             ax[j][0].set(xlabel="iteration", ylabel=f"{m} (held-out)", xscale="log")
-            ax[j][1].set(xlabel="search seconds (evaluation excluded)", ylabel=f"{m} (held-out)", xscale="log")
+            ax[j][1].set(xlabel=f"search {'CPU ' if cpu else ''}seconds (evaluation excluded; "
+                                f"{'all threads' if cpu else 'wall-clock'})", ylabel=f"{m} (held-out)", xscale="log")
         ax[0][0].legend(fontsize=7)
         ax[0][0].set_title("quality against budget: mean and 95% over seeds")
         fig.tight_layout()

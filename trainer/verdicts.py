@@ -104,7 +104,8 @@ def dense_choice(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
 
 def budget_curves(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
     """Rows of the `budget` claim: held-out KID and FID at each snapshot iteration, mean and
-    interval over the seeds that reached it, with the mean search seconds to get there."""
+    interval over the seeds that reached it, with the mean search seconds (wall-clock and the
+    process's CPU seconds) to get there."""
     out = []
     for (d, row), seeds in rows.items():
         rs = [seeds[s] for s in sorted(seeds)]
@@ -120,6 +121,8 @@ def budget_curves(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
                 at[p["iteration"]].append(p)
         pts = [{"iteration": it, "seeds": len(ps),
                 "seconds": round(sum(p.get("seconds", math.nan) for p in ps) / len(ps), 1),
+                # CPU seconds where every snapshot has them (records before them: nan)
+                "cpu_seconds": round(sum(p.get("cpu_seconds", math.nan) for p in ps) / len(ps), 1),
                 **{m: mean_interval([p["heldout"][m] for p in ps]).as_dict() for m in ("kid", "fid")}}
                for it, ps in sorted(at.items())]
         out.append({"dataset": d, "row": row, "method": rs[0]["method"], "seeds": sorted(seeds), "points": pts})

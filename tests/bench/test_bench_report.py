@@ -133,3 +133,10 @@ def test_serving_section_names_the_end_to_end_and_build_only_swaps() -> None:
     doc = report.render(r)
     assert "decode verify 55.0" in doc and "40 evictions" in doc and "`swap_cold_build_ms`" in doc
     assert "97.0 ms median" in doc and "`cold_first_image_ms`" in doc and "141.0 ms median" in doc
+
+
+def test_sections_measured_at_other_commits_are_named() -> None:
+    same = report.render(_results(section_commits={"masks": "abc1234", "http": "abc1234"}))
+    assert "its own commit" not in same
+    mixed = report.render(_results(section_commits={"masks": "0ld0ld0", "http": "abc1234"}))
+    assert "masks `0ld0ld0`, http `abc1234`" in mixed

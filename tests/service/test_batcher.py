@@ -3,7 +3,10 @@ robin weighted by images, FIFO within a domain, nothing lost or taken twice."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+
+import pytest
 
 from service.batcher import Batcher
 from service.errors import Saturated
@@ -315,10 +318,11 @@ def test_the_express_lane_takes_a_light_domains_requests_whole_and_nothing_else(
     assert end == [None]
 
 
-def test_a_mask_with_a_pass_running_is_not_light_until_it_lands():
+def test_a_mask_with_a_pass_running_is_not_light_until_it_goes_idle():
     """A domain whose earlier request a lane is still making is not sparse: its next small
     request waits for the lanes (a flood's requests one by one would otherwise fill the express
-    lane too); once the running images are written, the next one is light again."""
+    lane too), and still does once the running images are written, as it came in the same busy
+    period; once the domain has gone idle, its next request is light again."""
     import threading
 
     b = Batcher(queue_limit=1000, max_batch=4, window_s=0, one_mask_steps=True)
@@ -332,8 +336,45 @@ def test_a_mask_with_a_pass_running_is_not_light_until_it_lands():
     assert lane.is_alive() and not got
     for r, _, c in running:
         b.written(r, c)
+    lane.join(0.3)
+    assert lane.is_alive() and not got
+    step = b.take(4)
+    assert [(r.seed, c) for r, _, c in step] == [(1, 1)]
+    for r, _, c in step:
+        b.written(r, c)  # idle now
+    b.submit("d", None, seed=2, n=1)
     lane.join(10)
-    assert [(r.seed, c) for r, _, c in got[0]] == [(1, 1)]
+    assert [(r.seed, c) for r, _, c in got[0]] == [(2, 1)]
+
+
+def test_a_floods_short_queue_after_its_pass_lands_is_not_light():
+    """Under admission a flooded domain's queue is short: when its pass lands, what arrived
+    meanwhile fits one pass and nothing of it is under way. It is still a flood (it never went
+    idle), so the express lane leaves it to the lanes; a light client's request, coming after
+    its last one landed, is taken."""
+    import threading
+
+    b = Batcher(queue_limit=1000, max_batch=4, window_s=0, one_mask_steps=True)
+    b.submit("flood", None, seed=0, n=4)
+    running = b.take(4)
+    b.submit("flood", None, seed=1, n=1)  # arrives while the pass runs
+    b.submit("flood", None, seed=2, n=1)
+    for r, _, c in running:
+        b.written(r, c)  # the pass lands: 2 images wait, none under way
+    got: list = []
+    lane = threading.Thread(target=lambda: got.append(b.next_express_work()), daemon=True)
+    lane.start()
+    lane.join(0.3)
+    assert lane.is_alive() and not got  # the flood's queue is the lanes'
+    b.submit("light", None, seed=0, n=1)  # its domain idle: opens a busy period
+    lane.join(10)
+    assert [(r.mask_id, r.seed, c) for r, _, c in got[0]] == [("light", 0, 1)]
+    for r, _, c in got[0]:
+        b.written(r, c)
+    b.submit("light", None, seed=1, n=2)  # the light client's next, after its last landed
+    b.submit("light", None, seed=2, n=1)  # and one beside it: the same busy period
+    assert [(r.seed, c) for r, _, c in b.next_express_work()] == [(1, 2), (2, 1)]
+    assert [(r.mask_id, r.seed) for r, _, _ in b.take(4)] == [("flood", 1), ("flood", 2)]
 
 
 def test_a_spare_buffer_is_made_only_once_no_pass_is_under_way():
@@ -352,3 +393,39 @@ def test_a_spare_buffer_is_made_only_once_no_pass_is_under_way():
     t.join(5)
     assert got == [("spare", None)]
     b.stop()
+
+
+def test_a_cancelled_request_leaves_the_queue_and_the_wait_estimate_at_once():
+    """A request whose client left (its future cancelled) stops counting at once, in the depth
+    and in the images another request would wait behind, and no step takes it."""
+    b = Batcher(queue_limit=100, max_batch=4, window_s=0, one_mask_steps=True)
+    gone = b.submit("a", None, seed=0, n=3)
+    b.submit("a", None, seed=1, n=2)
+    assert b.depth() == 5 and b.images_ahead(1, "a") == 6
+    assert gone.cancel()
+    assert b.depth() == 2 and b.images_ahead(1, "a") == 3
+    assert [(r.seed, c) for r, _, c in b.take(4)] == [(1, 2)]
+    assert b.depth() == 0
+
+
+def test_the_wait_estimate_is_calibrated_by_finished_requests_against_their_estimates():
+    """Requests that waited behind a queue and took twice their estimate at admission raise
+    the seconds charged per image by a moving average of that ratio (closed form after k
+    requests: 1 + (2 - 1)(1 - 0.95^k)); a request with at most one round of passes ahead
+    (the passes' grain) teaches nothing."""
+    b = Batcher(queue_limit=1000, max_batch=4, window_s=0, one_mask_steps=True)
+    b.record(4, 0.04)  # 0.01 s an image on the one lane
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01)
+    b.submit("a", None, seed=0, n=3)  # 3 images ahead: no more than one pass
+    for r, _, c in b.take(4):
+        r.enqueued -= 10.0  # far slower than its estimate
+        b.written(r, c)
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01)
+    k = 20
+    for i in range(k):
+        b.submit("a", None, seed=1 + i, n=8)  # 8 images ahead: estimated 0.08 s
+        for r, _, c in b.take(8):
+            r.enqueued = time.monotonic() - 2 * 0.08  # it took twice that
+            b.written(r, c)
+    factor = 1 + (2 - 1) * (1 - 0.95 ** k)
+    assert b.estimated_wait(1, "a") == pytest.approx(0.01 * factor, rel=1e-3)

@@ -375,6 +375,43 @@ def test_a_request_that_cannot_start_in_time_is_429_at_once(tmp_path, redis_url,
         assert float(rejected.group(1)) == 1.0
 
 
+@pytest.mark.parametrize("leaving_path", ["/generate?domain=alpha&seed=77&n=3",
+                                          "/interpolate?domain=alpha&seed=77&seed_to=79&steps=3"])
+def test_a_generation_whose_client_disconnects_leaves_the_queue(server, masks, leaving_path):
+    """A client that gives up while its request waits takes its images out of the queue at
+    once (they no longer count in anyone's estimated wait and are never made), while a client
+    that stays is answered; over raw sockets to the real server."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+
+    def send(path: str) -> socket.socket:
+        s = socket.create_connection((host, int(port)), timeout=60)
+        s.sendall(f"GET {path}&format=json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        return s
+
+    def until(depth: int) -> bool:
+        deadline = time.monotonic() + 10
+        while server.engine.queue_depth() != depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return server.engine.queue_depth() == depth
+
+    server.engine.load_mask(mask_id(masks["alpha"]))
+    with server.engine.hold():  # nothing starts: both requests wait in the queue
+        assert until(0)
+        leaving, staying = send(leaving_path), send("/generate?domain=alpha&seed=78&n=2")
+        assert until(5)
+        leaving.close()
+        assert until(2), server.engine.queue_depth()  # the departed client's 3 images are gone
+    data = b""
+    while chunk := staying.recv(1 << 16):
+        data += chunk
+    staying.close()
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    np.testing.assert_array_equal(json_images(json.loads(body)), ref(masks["alpha"], 78, 2))
+
+
 def test_admin_routes_need_the_token(server, masks):
     body = {"mask_id": mask_id(masks["alpha"])}
     with server.client() as c:

@@ -159,6 +159,11 @@ def test_reproduce_resumes_after_kill_9_without_redoing_finished_runs(emoji_goog
     assert by["random"]["objective"] == "none" and by["first"]["objective"] == "layer-normalised"
     assert [p["iteration"] for p in by["first"]["selection"]] == [2, 4]
     assert {"train", "heldout"} <= set(by["first"]["selection"][0])
+    # the search's CPU seconds beside its wall seconds: at each snapshot, growing, and the run's
+    # total at least its last snapshot's; a resumed run counts the CPU seconds before the kill
+    cpu = [p["cpu_seconds"] for p in by["first"]["selection"]]
+    assert 0 < cpu[0] <= cpu[1] <= by["first"]["cpu_seconds"]
+    assert by["long"]["cpu_seconds"] > 0 and by["random"]["cpu_seconds"] == 0.0
     assert by["pruned"]["dense_layers"] == ["output"] and by["ft"]["from"] == "first"
     table = (docs / "results" / "tiny.md").read_text()
     assert "## k_sweep" in table and "| emoji | long | global |" in table
@@ -228,6 +233,31 @@ def test_shipped_suites_cover_every_claim_of_the_paper():
         assert runs["local-k0.1-s0"].config().pruning == "local"
     full = load_suite("full")
     assert full.runs[0].config().batch_size == 64
+
+
+def test_the_budget_suite_runs_each_method_to_16x_the_quick_budget_at_3_seeds():
+    quick, budget = load_suite("quick"), load_suite("budget")
+    today = quick.runs[0].config().iterations
+    rows: dict[str, list[Run]] = {}
+    for r in budget.runs:
+        rows.setdefault(r.row, []).append(r)
+    by_method = {rs[0].method: rs for rs in rows.values() if rs[0].preset == "demo"}
+    assert {"global", "dense", "random", "gradual"} <= set(by_method)
+    for method, rs in by_method.items():
+        assert sorted(r.seed for r in rs) == [0, 1, 2], method
+        if method != "random":  # trained: snapshots along the way, out to 16x today's budget
+            cfg = rs[0].config()
+            assert cfg.iterations >= 16 * today and rs[0].select_every and cfg.iterations % rs[0].select_every == 0
+            assert cfg.iterations // rs[0].select_every >= 4, method
+            assert cfg.batch_size == quick.runs[0].config().batch_size
+    # the paper's recipe as long, on the same plot, its mask's drift recorded
+    (paper,) = [rs for rs in rows.values() if rs[0].preset == "paper"]
+    cfg = paper[0].config()
+    assert cfg.ama and cfg.lr == 5e-5 and cfg.reduction == "sum" and cfg.iterations >= 16 * today
+    assert paper[0].drift_every and paper[0].select_every
+    # the ticket against dense, and the lever against the paper's method, each a paired verdict
+    assert {(c["a"], c["b"]) for c in budget.compare} == {("dense-long", "global-k0.1-long"),
+                                                           ("global-k0.1-long", "gradual-k0.1-long")}
 
 
 REPRO = """

@@ -82,7 +82,7 @@ def test_the_dense_rate_is_chosen_on_the_train_split_and_an_edge_is_flagged():
 
 def test_budget_curves_average_snapshots_over_seeds():
     def run(s, kids):
-        sel = [{"iteration": it, "seconds": it * 0.9 + s, "train": {"kid": k, "fid": 1.0},
+        sel = [{"iteration": it, "seconds": it * 0.9 + s, "cpu_seconds": it * 1.7 + 2 * s, "train": {"kid": k, "fid": 1.0},
                 "heldout": {"kid": k, "fid": 100 * k}} for it, k in kids]
         return _rec("ep-long", s, kids[-1][1], claims=("budget",), selection=sel)
 
@@ -94,6 +94,7 @@ def test_budget_curves_average_snapshots_over_seeds():
     ref = stats.ttest_1samp([0.15, 0.13], 0).confidence_interval()
     assert p480["seeds"] == 2 and (p480["kid"]["lo"], p480["kid"]["hi"]) == pytest.approx((ref.low, ref.high))
     assert p240["seconds"] == pytest.approx(240 * 0.9 + 1)
+    assert p240["cpu_seconds"] == pytest.approx(240 * 1.7 + 2) and p480["cpu_seconds"] == pytest.approx(480 * 1.7 + 1)
     assert b["rand"]["points"] == [] and b["rand"]["level"]["kid"]["mean"] == pytest.approx(0.32)
 
 
