@@ -1,0 +1,57 @@
+"""docs/RESULTS.md against the records it reports: the committed `quick` results are the suite's
+runs as now defined, their summary is what the seed statistics make of those runs, and every
+verdict RESULTS.md states is that summary's, interval and all. A verdict edited by hand, a run
+added to the suite without re-running the report, or a record changed under the page fails here.
+(The interval and paired-test code itself is checked against scipy in test_seed_stats.py.)"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.reproduce import _iv, load_suite
+from trainer.verdicts import summarise
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = (ROOT / "docs" / "RESULTS.md").read_text()
+QUICK = json.loads((ROOT / "docs" / "results" / "quick.json").read_text())
+
+
+def _id(r: dict) -> tuple[str, str]:
+    return r["dataset"], r["run"]
+
+
+def test_the_quick_results_hold_every_run_of_the_suite_once_each_with_its_committed_record():
+    suite = load_suite("quick")
+    planned = {(d, r.id) for r in suite.runs for d in (QUICK["datasets"] if r.datasets == "all"
+                                                        else QUICK["datasets"][:1])}
+    got = [_id(r) for r in QUICK["runs"]]
+    assert len(got) == len(set(got)) and set(got) == planned
+    assert QUICK["runs_finished"] == QUICK["runs_planned"] == len(planned)
+    for r in QUICK["runs"]:  # the per-run records the background suite committed are these
+        rec = json.loads((ROOT / "docs" / "results" / "quick" / r["dataset"] / f"{r['run']}.json").read_text())
+        assert (rec["kid"], rec["fid"], rec["search"], rec["seed"]) == (r["kid"], r["fid"], r["search"], r["seed"])
+
+
+def test_the_stored_summary_is_what_the_suite_makes_of_its_runs():
+    again = json.loads(json.dumps(summarise(load_suite("quick"), QUICK["runs"])))
+    stored = QUICK["summary"]
+    for key in ("comparisons", "trends", "dense_choice"):
+        assert again[key] == stored[key], key
+    assert [(r["dataset"], r["row"], r["kid"]) for r in again["rows"]] == \
+           [(r["dataset"], r["row"], r["kid"]) for r in stored["rows"]]
+
+
+@pytest.mark.parametrize("kind,key", [("comparisons", "difference"), ("trends", "slope")])
+def test_results_md_states_every_verdict_as_the_summary_has_it(kind, key):
+    for v in QUICK["summary"][kind]:
+        row = (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | {_iv(v[key])} | "
+               f"{len(v['seeds'])} | **{v['verdict']}** |")
+        assert row in RESULTS, row
+
+
+def test_results_md_names_the_dense_rate_the_study_chose():
+    for c in QUICK["summary"]["dense_choice"]:
+        assert not c["at_edge"], c  # issue 25: the grid is extended until its best is inside it
+        assert f"best on the train split: Adam {c['best_lr']:g}" in RESULTS
