@@ -289,36 +289,77 @@ class Runner:
         rec["init"] = _init_label(rec["method"], rec["init"])
         return rec
 
-    def execute(self) -> list[dict]:
+    def execute(self, jobs: int = 1) -> list[dict]:
+        """Every run of the plan not finished yet, `jobs` at a time; then the results."""
         plan = self.plan()
-        from tqdm import tqdm
+        if jobs > 1:
+            self._complete_in_parallel(plan, jobs)
+        else:
+            from tqdm import tqdm
 
-        by_id = {r.id: r for r in self.suite.runs}
-        for ds, run in tqdm(plan, desc=f"suite {self.suite.name}", unit="run"):
-            path = self.record_path(ds, run)
-            rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
-            if rec is not None and not self.same_settings(ds, run, rec):
-                log.warning("%s/%s: its settings changed since it ran; running it again", ds, run.id)
-                rec = None
-            if rec is not None and rec.get("eval_version") == EVAL_VERSION:
-                log.info("%s/%s: finished before, kept", ds, run.id)
-                self._keep(ds, run, rec)
-                continue
-            if rec is None and run.source and not self.artifact(ds, run.source).is_file():
-                # the run it builds on finished in an earlier checkout (its record committed,
-                # its artifact not): made again, as its record says (a record alone reruns it)
-                log.info("%s/%s: %s's artifact is not here; making it again", ds, run.id, run.source)
-                self._keep(ds, by_id[run.source], self.run_one(ds, by_id[run.source]))
-            if rec is not None and self.artifact(ds, run.id).is_file():
-                log.info("%s/%s: finished before, re-scored with evaluation v%d", ds, run.id, EVAL_VERSION)
-                rec = self.rescore(ds, run, rec)
-            else:
-                rec = self.run_one(ds, run)
-            self._keep(ds, run, rec)
-            log.info("%s/%s: KID %.4f FID %.1f in %.0f s", ds, run.id, rec["kid"], rec["fid"], rec["seconds"])
+            for ds, run in tqdm(plan, desc=f"suite {self.suite.name}", unit="run"):
+                self.complete(ds, run)
         records = [self._labelled(run, json.loads(self.record_path(ds, run).read_text())) for ds, run in plan]
         self.write_results(records, planned=len(plan))
         return records
+
+    def complete(self, ds: str, run: Run) -> None:
+        """One run of the plan to its record: kept if finished, re-scored if its artifact is here
+        but its protocol old, otherwise run (or resumed from its checkpoint)."""
+        path = self.record_path(ds, run)
+        rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
+        if rec is not None and not self.same_settings(ds, run, rec):
+            log.warning("%s/%s: its settings changed since it ran; running it again", ds, run.id)
+            rec = None
+        if rec is not None and rec.get("eval_version") == EVAL_VERSION:
+            log.info("%s/%s: finished before, kept", ds, run.id)
+            self._keep(ds, run, rec)
+            return
+        if rec is None and run.source and not self.artifact(ds, run.source).is_file():
+            # the run it builds on finished in an earlier checkout (its record committed,
+            # its artifact not): made again, as its record says (a record alone reruns it)
+            log.info("%s/%s: %s's artifact is not here; making it again", ds, run.id, run.source)
+            src = next(r for r in self.suite.runs if r.id == run.source)
+            self._keep(ds, src, self.run_one(ds, src))
+        if rec is not None and self.artifact(ds, run.id).is_file():
+            log.info("%s/%s: finished before, re-scored with evaluation v%d", ds, run.id, EVAL_VERSION)
+            rec = self.rescore(ds, run, rec)
+        else:
+            rec = self.run_one(ds, run)
+        self._keep(ds, run, rec)
+        log.info("%s/%s: KID %.4f FID %.1f in %.0f s", ds, run.id, rec["kid"], rec["fid"], rec["seconds"])
+
+    def _complete_in_parallel(self, plan: list[tuple[str, Run]], jobs: int) -> None:
+        """The plan in `jobs` worker processes, each with its share of the cores as torch
+        threads: on a CPU, two one-thread runs get through more than one two-thread run, and a
+        one-thread run's CPU seconds are not inflated when other work shares the cores (two
+        threads spin at their barriers while the other waits for a core). A run built on
+        another (`from`) starts once that one has finished."""
+        import multiprocessing
+        import os
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        threads = max(1, (os.cpu_count() or jobs) // jobs)
+        todo, running = list(plan), {}
+        ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+            while todo or running:
+                waiting = {(d, r.id) for d, r in todo} | {(d, r.id) for d, r in running.values()}
+                for ds, run in list(todo):
+                    if len(running) >= jobs:
+                        break
+                    if run.source and (ds, run.source) in waiting:
+                        continue
+                    todo.remove((ds, run))
+                    fut = pool.submit(_complete_in_worker, self.suite, self.datasets, self.out, self.docs,
+                                      self.device, ds, run.id)
+                    running[fut] = (ds, run)
+                if not running:  # only runs whose source is missing from the plan: a bug in the plan
+                    raise ValueError(f"runs wait on runs not in the plan: {[r.id for _, r in todo]}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    running.pop(fut)
+                    fut.result()  # a run's error stops the suite, as it does run by run
 
     # ---- one run ---------------------------------------------------------------------------
 
@@ -527,6 +568,21 @@ class Runner:
         write_atomic(results / f"{self.suite.name}.json", json.dumps(doc, indent=1).encode())
         write_atomic(results / f"{self.suite.name}.md", tables(self.suite, records, summary, planned).encode())
         plot_suite(self.suite, records, self.docs / "images" / self.suite.name, summary)
+
+
+def _worker_init(threads: int) -> None:
+    import logging as _logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    _logging.basicConfig(level=_logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _complete_in_worker(suite: Suite, datasets: list[str], out: Path, docs: Path, device: str,
+                        ds: str, run_id: str) -> None:
+    run = next(r for r in suite.runs if r.id == run_id)
+    Runner(suite, datasets, out, docs, device).complete(ds, run)
 
 
 def _init_label(method: str, base_init: str) -> str:
@@ -769,7 +825,7 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
 
 
 def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: Path, device: str,
-              report_only: bool = False) -> list[dict]:
+              report_only: bool = False, jobs: int = 1) -> list[dict]:
     """Load a suite and run what is not finished yet (with report_only, nothing: results from the
     runs finished so far); returns the records reported."""
     from trainer.settings import get_settings
@@ -780,5 +836,5 @@ def run_suite(config: str, datasets: list[str] | None, out: Path | None, docs: P
         raise ValueError("no datasets: give --dataset NAME or list them in the suite")
     out = out or get_settings().home / "reproduce" / suite.name
     runner = Runner(suite, names, Path(out), Path(docs), device)
-    return runner.report() if report_only else runner.execute()
+    return runner.report() if report_only else runner.execute(jobs)
 

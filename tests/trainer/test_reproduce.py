@@ -375,3 +375,31 @@ def test_a_record_alone_runs_its_run_again(emoji_google_dir, tmp_path, monkeypat
     assert {r["run"] for r in part["runs"]} == set(recs) - {"ft-s0"}
     assert part["summary"]["comparisons"][0]["seeds"] == [0, 1]
     assert "Part way: 4 of 5 runs finished" in (docs / "results" / "repro.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_jobs_run_a_suite_in_parallel_processes_and_a_run_waits_for_its_source(emoji_google_dir, tmp_path):
+    """--jobs 2: every run finished once, in worker processes with half the cores each as torch
+    threads, and a run built on another (`from`) started after that one's artifact existed."""
+    import hashlib
+
+    data = copy_images(emoji_google_dir, tmp_path / "emoji", n=120)
+    suite = tmp_path / "repro.toml"
+    suite.write_text(REPRO)
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    cmd = [sys.executable, "-m", "trainer", "reproduce", "--config", str(suite), "--dataset", str(data),
+           "--out", str(out), "--docs", str(docs), "--device", "cpu", "--jobs", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "SLT_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((docs / "results" / "repro.json").read_text())
+    recs = {r["run"]: r for r in results["runs"]}
+    assert set(recs) == {"ep-s0", "ep-s1", "dense-s0", "dense-s1", "ft-s0"}
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    assert all(r["device"] == f"cpu ({os.uname().machine}, {threads} threads)" for r in recs.values())
+    ep0 = hashlib.sha256((out / "emoji" / "ep-s0.safetensors").read_bytes()).hexdigest()
+    assert recs["ft-s0"]["from_sha256"] == ep0  # built on the finished source, not a half-written one
+    assert proc.stderr.count("ft-s0: KID") == 1 and proc.stderr.count("ep-s0: KID") == 1
+    # and its record landed before that of the run built on it
+    assert proc.stderr.index("ep-s0: KID") < proc.stderr.index("ft-s0: KID")
