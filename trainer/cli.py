@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from its checkpoint. Writes DOCS/results/<config>.json and .md and "
                                    "DOCS/images/<config>/.")
     r.add_argument("--config", required=True,
-                   help="quick (a 2-core CPU, about 3.5 hours), budget (about 4.5 hours), full (a GPU), "
+                   help="quick (a 2-core CPU, about 3.5 hours), budget (about 4 hours at --jobs 2), full (a GPU), "
                         "or a suite .toml path")
     r.add_argument("--dataset", action="append",
                    help="dataset name ($SLT_HOME/datasets) or path; repeat for more (default: the suite's)")
