@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a reproduction suite in the background of a working session and commit its records as
 # runs finish, so a later checkout continues where this one stopped:
-#   scripts/reproduce-background.sh quick        # or budget, full, a .toml path
+#   scripts/reproduce-background.sh quick              # or a .toml path; extra arguments go to the suite:
+#   scripts/reproduce-background.sh budget --jobs 2    # two runs at once, one thread each
 # Records go to docs/results/<suite>/<dataset>/<run>.json (committed, every resolved setting in
 # each); artifacts and checkpoints stay under $SLT_HOME/reproduce/<suite>. Niceness 10, so a
 # session's own work comes first. Its log: $SLT_HOME/reproduce/<suite>.log.
