@@ -733,6 +733,16 @@ def _bars(ax, xs: list[float], ivs: list[dict], **kw) -> None:
     ax.errorbar(xs, [iv["mean"] for iv in ivs], yerr=err, capsize=3, **kw)
 
 
+def budget_clock(summary: dict) -> tuple[str, str]:
+    """The seconds the budget plot runs along, and its axis label: the search's CPU seconds where
+    every snapshot has them (wall-clock counts the time other work held the cores), else its
+    wall-clock seconds (records made before CPU seconds were kept)."""
+    pts = [p for b in summary["budget"] for p in b["points"]]
+    if pts and all(math.isfinite(p.get("cpu_seconds", math.nan)) for p in pts):
+        return "cpu_seconds", "search CPU seconds (all its threads; evaluation excluded)"
+    return "seconds", "search seconds (wall-clock; evaluation excluded)"
+
+
 def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | None = None) -> None:
     """KID, FID and precision/recall against k and width (means over seeds, 95% intervals),
     quality against budget, the mask's drift from its start, and the loss curves, as PNGs."""
@@ -773,9 +783,7 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         plt.close(fig)
     if any(b["points"] for b in summary["budget"]):
         fig, ax = plt.subplots(2, 2, figsize=(12, 7.5))
-        # CPU seconds where every snapshot has them: wall-clock counts the time other work held the cores
-        cpu = all(math.isfinite(p.get("cpu_seconds", math.nan)) for b in summary["budget"] for p in b["points"])
-        clock = "cpu_seconds" if cpu else "seconds"
+        clock, clock_label = budget_clock(summary)
         for i, b in enumerate(summary["budget"]):
             label, color = f"{b['dataset']}/{b['row']}", f"C{i % 10}"
             for j, m in enumerate(("kid", "fid")):
@@ -790,8 +798,7 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
                       label=label)
         for j, m in enumerate(("KID", "FID")):
             ax[j][0].set(xlabel="iteration", ylabel=f"{m} (held-out)", xscale="log")
-            ax[j][1].set(xlabel=f"search {'CPU ' if cpu else ''}seconds (evaluation excluded; "
-                                f"{'all threads' if cpu else 'wall-clock'})", ylabel=f"{m} (held-out)", xscale="log")
+            ax[j][1].set(xlabel=clock_label, ylabel=f"{m} (held-out)", xscale="log")
         ax[0][0].legend(fontsize=7)
         ax[0][0].set_title("quality against budget: mean and 95% over seeds")
         fig.tight_layout()

@@ -98,6 +98,27 @@ def test_budget_curves_average_snapshots_over_seeds():
     assert b["rand"]["points"] == [] and b["rand"]["level"]["kid"]["mean"] == pytest.approx(0.32)
 
 
+def test_the_budget_plot_runs_along_cpu_seconds_only_where_every_snapshot_has_them(tmp_path):
+    from trainer.reproduce import budget_clock, plot_suite
+
+    def run(s, cpu=True):
+        sel = [{"iteration": it, "seconds": it * 0.6, **({"cpu_seconds": it * 1.1} if cpu else {}),
+                "train": {"kid": k, "fid": 1.0}, "heldout": {"kid": k, "fid": 100 * k}}
+               for it, k in ((240, 0.2 + s / 100), (480, 0.15 + s / 100))]
+        return _rec("ep-long", s, 0.15, claims=("budget",), selection=sel, losses=[[1, 2.0], [480, 1.0]])
+
+    recs = [run(s) for s in range(3)]
+    assert budget_clock(summarise(_suite(), recs))[0] == "cpu_seconds"
+    # one record from before CPU seconds were kept: the plot falls back to wall-clock for all
+    older = recs[:2] + [run(2, cpu=False)]
+    key, label = budget_clock(summarise(_suite(), older))
+    assert key == "seconds" and "wall-clock" in label
+    plot_suite(_suite(), recs, tmp_path)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "budget.png").size == (1200, 750)
+
+
 def test_a_suite_with_seeds_names_one_run_per_seed_and_pairs_from_by_seed(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text("""
