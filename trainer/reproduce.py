@@ -263,11 +263,15 @@ class Runner:
     def plan(self) -> list[tuple[str, Run]]:
         return [(d, r) for r in self.suite.runs for d in _datasets_of(r, self.datasets)]
 
-    def finished(self, ds: str, run: Run) -> dict | None:
-        """A run's record (here, or committed from another checkout) if it is current: made by
-        the run as the suite now defines it and scored by this evaluation protocol."""
+    def recorded(self, ds: str, run: Run) -> dict | None:
+        """A run's record: here, or committed from another checkout; None if it has none."""
         path = self.record_path(ds, run)
-        rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
+        return json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
+
+    def finished(self, ds: str, run: Run) -> dict | None:
+        """A run's record if it is current: made by the run as the suite now defines it and
+        scored by this evaluation protocol."""
+        rec = self.recorded(ds, run)
         if rec is None or not self.same_settings(ds, run, rec) or rec.get("eval_version") != EVAL_VERSION:
             return None
         return rec
@@ -306,8 +310,7 @@ class Runner:
     def complete(self, ds: str, run: Run) -> None:
         """One run of the plan to its record: kept if finished, re-scored if its artifact is here
         but its protocol old, otherwise run (or resumed from its checkpoint)."""
-        path = self.record_path(ds, run)
-        rec = json.loads(path.read_text()) if path.is_file() else self.committed(ds, run)
+        rec = self.recorded(ds, run)
         if rec is not None and not self.same_settings(ds, run, rec):
             log.warning("%s/%s: its settings changed since it ran; running it again", ds, run.id)
             rec = None
@@ -374,15 +377,15 @@ class Runner:
         clock = self.run_dir(ds_name) / f"{run.id}.clock.json"
         state = load_checkpoint(ckpt)
         resumed_from = int(state["iteration"]) if state else 0
-        prior = self._prior_seconds(clock, resumed_from)
-        prior_cpu = self._prior_seconds(clock, resumed_from, "cpu_seconds")
         # snapshots taken before a resume are kept with the clock, so a kill loses none of them
         kept = json.loads(clock.read_text()) if resumed_from and clock.is_file() else {}
+        prior, prior_cpu = (_pro_rata(kept, key, resumed_from) for key in ("seconds", "cpu_seconds"))
         selection: list[dict] = [p for p in kept.get("selection", []) if p["iteration"] <= resumed_from]
         drift: list[list[float]] = [p for p in kept.get("drift", []) if p[0] <= resumed_from]
         spent_eval = spent_eval_cpu = 0.0
-        # CPU seconds of this process (all its threads): unlike wall-clock, not inflated while
-        # other work shares the cores, so a suite in a session's background still measures cost
+        # CPU seconds of this process (all its threads): for a one-thread run (--jobs), unlike
+        # wall-clock, not inflated while other work shares the cores (two threads spin while
+        # they wait for each other, so theirs grow too)
         cpu0 = time.process_time()
 
         def cpu_seconds() -> float:
@@ -511,14 +514,6 @@ class Runner:
 
         real_moments(ds, load_extractor(cfg.features, self.device), device=self.device)
 
-    @staticmethod
-    def _prior_seconds(clock: Path, resumed_from: int, key: str = "seconds") -> float:
-        """Search seconds (wall or CPU) spent before a resume, pro rata to the checkpoint's iteration."""
-        if not resumed_from or not clock.is_file():
-            return 0.0
-        c = json.loads(clock.read_text())
-        return float(c.get(key, 0.0)) * min(1.0, resumed_from / max(1, c["iteration"]))
-
     def _evaluate(self, g, ds) -> dict:
         from trainer.evaluate import evaluate_generator
 
@@ -570,13 +565,19 @@ class Runner:
         plot_suite(self.suite, records, self.docs / "images" / self.suite.name, summary)
 
 
-def _worker_init(threads: int) -> None:
-    import logging as _logging
+def _pro_rata(clock: dict, key: str, resumed_from: int) -> float:
+    """Search seconds (wall or CPU) a run's clock held before a resume, pro rata to the
+    checkpoint's iteration (the clock may have been written after it)."""
+    if not clock:
+        return 0.0
+    return float(clock.get(key, 0.0)) * min(1.0, resumed_from / max(1, clock["iteration"]))
 
+
+def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _logging.basicConfig(level=_logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _complete_in_worker(suite: Suite, datasets: list[str], out: Path, docs: Path, device: str,

@@ -120,9 +120,8 @@ def budget_curves(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
             for p in r.get("selection", []):
                 at[p["iteration"]].append(p)
         pts = [{"iteration": it, "seeds": len(ps),
-                "seconds": round(sum(p.get("seconds", math.nan) for p in ps) / len(ps), 1),
-                # CPU seconds where every snapshot has them (records before them: nan)
-                "cpu_seconds": round(sum(p.get("cpu_seconds", math.nan) for p in ps) / len(ps), 1),
+                # wall and CPU seconds (nan where a snapshot lacks them: CPU before they were kept)
+                **{k: round(sum(p.get(k, math.nan) for p in ps) / len(ps), 1) for k in ("seconds", "cpu_seconds")},
                 **{m: mean_interval([p["heldout"][m] for p in ps]).as_dict() for m in ("kid", "fid")}}
                for it, ps in sorted(at.items())]
         out.append({"dataset": d, "row": row, "method": rs[0]["method"], "seeds": sorted(seeds), "points": pts})
