@@ -674,6 +674,14 @@ def summary_tables(summary: dict) -> list[str]:
         lines += [f"| {p['iteration']} | {p['seconds']:.0f} | {_fmt(p.get('cpu_seconds'), 0)} | {p['seeds']} | "
                   f"{_iv(p['kid'])} | {_iv(p['fid'], 1)} |" for p in b["points"]]
         lines.append("")
+    for g in summary.get("budget_gaps", []):
+        lines += [f"## Along the budget: {g['dataset']}, `{g['b']}` - `{g['a']}` ({g['claim']})", "",
+                  f"{g['what']}: the paired held-out {g['metric'].upper()} difference at each snapshot, over "
+                  f"the seeds both reached it with (expected {g['expect']}).", "",
+                  "| iteration | seeds | b - a [95%] | verdict |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['iteration']} | {len(p['seeds'])} | {_iv(p['difference'])} | {p['verdict']} |"
+                  for p in g["points"]]
+        lines.append("")
     return lines
 
 
@@ -804,6 +812,20 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         ax[0][0].set_title("quality against budget: mean and 95% over seeds")
         fig.tight_layout()
         fig.savefig(out / "budget.png", dpi=100)
+        plt.close(fig)
+    if summary.get("budget_gaps"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, g in enumerate(summary["budget_gaps"]):
+            pts = g["points"]
+            _bars(ax, [p["iteration"] for p in pts], [p["difference"] for p in pts], marker="o", color=f"C{i % 10}",
+                  label=f"{g['dataset']}: {g['b']} - {g['a']}")
+        ax.axhline(0.0, color="k", lw=0.8)
+        m = summary["budget_gaps"][0]["metric"].upper()
+        ax.set(xlabel="iteration", ylabel=f"{m} difference b - a (held-out)", xscale="log",
+               title="paired gap along the budget: mean and 95% over seeds")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "budget-gap.png", dpi=100)
         plt.close(fig)
     drifts = [r for r in records if r.get("mask_drift")]
     if drifts:

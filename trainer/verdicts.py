@@ -74,6 +74,7 @@ def summarise(suite, records: list[dict]) -> dict:
                                   "verdict": verdict(iv, t["expect"])})
     out["dense_choice"] = dense_choice(rows)
     out["budget"] = budget_curves(rows)
+    out["budget_gaps"] = budget_gaps(suite, rows)
     return out
 
 
@@ -125,4 +126,33 @@ def budget_curves(rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
                 **{m: mean_interval([p["heldout"][m] for p in ps]).as_dict() for m in ("kid", "fid")}}
                for it, ps in sorted(at.items())]
         out.append({"dataset": d, "row": row, "method": rs[0]["method"], "seeds": sorted(seeds), "points": pts})
+    return out
+
+
+def budget_gaps(suite, rows: dict[tuple[str, str], dict[int, dict]]) -> list[dict]:
+    """Each `[[compare]]` of two rows with snapshots, read along the budget: the paired held-out
+    difference b - a at every snapshot iteration both rows reached (over the seeds both reached it
+    with), with its interval and verdict. Whether the ticket closes on the dense model, passes it
+    or falls behind is the sign of these intervals from one iteration to the next."""
+    out = []
+    for c in suite.compare:
+        metric = c.get("metric", "kid")
+        for d in dict.fromkeys(d for d, _ in rows):
+            a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
+            if not a or not b:
+                continue
+            snaps = [{s: {p["iteration"]: p["heldout"][metric] for p in r.get("selection", [])}
+                      for s, r in x.items()} for x in (a, b)]
+            its = sorted({it for x in snaps for per_seed in x.values() for it in per_seed})
+            pts = []
+            for it in its:
+                pa = {s: v[it] for s, v in snaps[0].items() if it in v}
+                pb = {s: v[it] for s, v in snaps[1].items() if it in v}
+                if set(pa) & set(pb):
+                    iv = paired_difference(pa, pb)
+                    pts.append({"iteration": it, "seeds": sorted(set(pa) & set(pb)), "difference": iv.as_dict(),
+                                "verdict": verdict(iv, c["expect"])})
+            if pts:
+                out.append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d, "a": c["a"], "b": c["b"],
+                            "metric": metric, "expect": c["expect"], "points": pts})
     return out

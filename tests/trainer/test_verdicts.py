@@ -119,6 +119,42 @@ def test_the_budget_plot_runs_along_cpu_seconds_only_where_every_snapshot_has_th
     assert Image.open(tmp_path / "budget.png").size == (1200, 750)
 
 
+def test_budget_gaps_pair_each_snapshot_by_seed_and_match_scipys_paired_t(tmp_path):
+    from trainer.reproduce import plot_suite
+
+    rng = np.random.default_rng(7)
+    its = (240, 480, 960)
+    dense = {(s, it): 0.2 - 0.05 * j + rng.normal(0, 0.01) for s in range(3) for j, it in enumerate(its)}
+    # the ticket starts behind and ends ahead: the gap's sign changes along the budget
+    ticket = {(s, it): dense[(s, it)] + (0.06, 0.0, -0.06)[j] + rng.normal(0, 0.005)
+              for s in range(3) for j, it in enumerate(its)}
+
+    def run(row, method, s, kid, reached):
+        sel = [{"iteration": it, "seconds": it, "cpu_seconds": it, "train": {"kid": 0.0, "fid": 0.0},
+                "heldout": {"kid": kid[(s, it)], "fid": 100 * kid[(s, it)]}} for it in reached]
+        return _rec(row, s, kid[(s, reached[-1])], method, claims=("budget",), selection=sel, losses=[])
+
+    # the ticket's seed 2 has not reached 960 yet: that point pairs seeds 0 and 1 only
+    recs = [run("dense-long", "dense", s, dense, its) for s in range(3)] + \
+           [run("ep-long", "global", s, ticket, its if s < 2 else its[:2]) for s in range(3)]
+    suite = _suite(compare=[{"claim": "budget", "what": "ticket vs dense", "a": "dense-long", "b": "ep-long",
+                             "expect": "higher"}])
+    out = summarise(suite, recs)
+    (g,) = out["budget_gaps"]
+    assert [p["iteration"] for p in g["points"]] == list(its)
+    assert [p["seeds"] for p in g["points"]] == [[0, 1, 2], [0, 1, 2], [0, 1]]
+    for p in g["points"]:
+        ss = p["seeds"]
+        ref = stats.ttest_rel([ticket[(s, p["iteration"])] for s in ss], [dense[(s, p["iteration"])] for s in ss])
+        ci = ref.confidence_interval()
+        assert (p["difference"]["lo"], p["difference"]["hi"]) == pytest.approx((ci.low, ci.high))
+    assert g["points"][0]["verdict"] == "reproduced" and g["points"][-1]["verdict"] == "contradicted"
+    md = "\n".join(summary_tables(out))
+    assert "## Along the budget: d, `ep-long` - `dense-long` (budget)" in md and "| 960 | 2 |" in md
+    plot_suite(suite, recs, tmp_path, out)
+    assert (tmp_path / "budget-gap.png").is_file()
+
+
 def test_a_suite_with_seeds_names_one_run_per_seed_and_pairs_from_by_seed(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text("""
