@@ -1,6 +1,7 @@
 """docs/RESULTS.md against the records it reports: the committed `quick` results are the suite's
 runs as now defined, their summary is what the seed statistics make of those runs, and every
-verdict RESULTS.md states is that summary's, interval and all. A verdict edited by hand, a run
+verdict RESULTS.md states is that summary's, interval and all; the same for the `budget` suite's
+finished runs, its verdicts and its paired gap at every snapshot. A verdict edited by hand, a run
 added to the suite without re-running the report, or a record changed under the page fails here.
 (The interval and paired-test code itself is checked against scipy in test_seed_stats.py.)"""
 from __future__ import annotations
@@ -14,6 +15,7 @@ from trainer.verdicts import summarise
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = (ROOT / "docs" / "RESULTS.md").read_text()
 QUICK = json.loads((ROOT / "docs" / "results" / "quick.json").read_text())
+BUDGET = json.loads((ROOT / "docs" / "results" / "budget.json").read_text())
 
 
 def _id(r: dict) -> tuple[str, str]:
@@ -57,3 +59,34 @@ def test_results_md_names_the_dense_rate_the_study_chose():
     for c in QUICK["summary"]["dense_choice"]:
         assert not c["at_edge"], c  # issue 25: the grid is extended until its best is inside it
         assert f"best on the train split: Adam {c['best_lr']:g}" in RESULTS
+
+
+def test_the_budget_results_hold_every_committed_budget_record_and_only_planned_runs():
+    suite = load_suite("budget")
+    planned = {(d, r.id) for r in suite.runs for d in BUDGET["datasets"]}
+    got = [_id(r) for r in BUDGET["runs"]]
+    committed = {(p.parent.name, p.stem) for p in (ROOT / "docs" / "results" / "budget").glob("*/*.json")}
+    # the report was made again after the last record landed, and holds nothing else
+    assert len(got) == len(set(got)) and set(got) == committed and set(got) <= planned
+    assert BUDGET["runs_finished"] == len(got) and BUDGET["runs_planned"] == len(planned)
+    for r in BUDGET["runs"]:
+        rec = json.loads((ROOT / "docs" / "results" / "budget" / r["dataset"] / f"{r['run']}.json").read_text())
+        assert (rec["kid"], rec["selection"], rec["search"], rec["seed"]) == \
+               (r["kid"], r["selection"], r["search"], r["seed"])
+
+
+def test_the_stored_budget_summary_is_what_the_suite_makes_of_its_runs():
+    again = json.loads(json.dumps(summarise(load_suite("budget"), BUDGET["runs"])))
+    for key in ("comparisons", "budget", "budget_gaps"):
+        assert again[key] == BUDGET["summary"][key], key
+
+
+def test_results_md_states_the_budget_verdicts_and_the_gap_at_every_snapshot():
+    for v in BUDGET["summary"]["comparisons"]:
+        row = (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | `{v['a']}` | `{v['b']}` | "
+               f"{_iv(v['difference'])} | {len(v['seeds'])} | **{v['verdict']}** |")
+        assert row in RESULTS, row
+    for g in BUDGET["summary"]["budget_gaps"]:
+        for p in g["points"]:
+            row = f"| `{g['b']}` - `{g['a']}` | {p['iteration']} | {len(p['seeds'])} | {_iv(p['difference'])} | {p['verdict']} |"
+            assert row in RESULTS, row
