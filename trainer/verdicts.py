@@ -137,6 +137,8 @@ def budget_gaps(suite, rows: dict[tuple[str, str], dict[int, dict]]) -> list[dic
     out = []
     for c in suite.compare:
         metric = c.get("metric", "kid")
+        if metric not in ("kid", "fid"):  # what a snapshot measures
+            continue
         for d in dict.fromkeys(d for d, _ in rows):
             a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
             if not a or not b:

@@ -138,7 +138,10 @@ def test_budget_gaps_pair_each_snapshot_by_seed_and_match_scipys_paired_t(tmp_pa
     recs = [run("dense-long", "dense", s, dense, its) for s in range(3)] + \
            [run("ep-long", "global", s, ticket, its if s < 2 else its[:2]) for s in range(3)]
     suite = _suite(compare=[{"claim": "budget", "what": "ticket vs dense", "a": "dense-long", "b": "ep-long",
-                             "expect": "higher"}])
+                             "expect": "higher"},
+                            # a snapshot holds KID and FID only: a precision compare has no gap
+                            {"claim": "budget", "a": "dense-long", "b": "ep-long", "metric": "precision",
+                             "expect": "lower"}])
     out = summarise(suite, recs)
     (g,) = out["budget_gaps"]
     assert [p["iteration"] for p in g["points"]] == list(its)
