@@ -22,6 +22,12 @@ def _id(r: dict) -> tuple[str, str]:
     return r["dataset"], r["run"]
 
 
+def _verdict_row(v: dict) -> str:
+    """A comparison as RESULTS.md's verdict tables state it."""
+    return (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | `{v['a']}` | `{v['b']}` | "
+            f"{_iv(v['difference'])} | {len(v['seeds'])} | **{v['verdict']}** |")
+
+
 def test_the_quick_results_hold_every_run_of_the_suite_once_each_with_its_committed_record():
     suite = load_suite("quick")
     planned = {(d, r.id) for r in suite.runs for d in (QUICK["datasets"] if r.datasets == "all"
@@ -45,9 +51,7 @@ def test_the_stored_summary_is_what_the_suite_makes_of_its_runs():
 
 def test_results_md_states_every_verdict_as_the_summary_has_it():
     for v in QUICK["summary"]["comparisons"]:
-        row = (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | `{v['a']}` | `{v['b']}` | "
-               f"{_iv(v['difference'])} | {len(v['seeds'])} | **{v['verdict']}** |")
-        assert row in RESULTS, row
+        assert _verdict_row(v) in RESULTS, _verdict_row(v)
     for v in QUICK["summary"]["trends"]:
         rows = ", ".join(f"`{r}`" for r in v["rows"])
         row = (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | {rows} | {_iv(v['slope'])} | "
@@ -83,9 +87,7 @@ def test_the_stored_budget_summary_is_what_the_suite_makes_of_its_runs():
 
 def test_results_md_states_the_budget_verdicts_and_the_gap_at_every_snapshot():
     for v in BUDGET["summary"]["comparisons"]:
-        row = (f"| {v['claim']} | {v['what']} | {v['dataset']} | {v['metric']} | `{v['a']}` | `{v['b']}` | "
-               f"{_iv(v['difference'])} | {len(v['seeds'])} | **{v['verdict']}** |")
-        assert row in RESULTS, row
+        assert _verdict_row(v) in RESULTS, _verdict_row(v)
     for g in BUDGET["summary"]["budget_gaps"]:
         for p in g["points"]:
             row = f"| `{g['b']}` - `{g['a']}` | {p['iteration']} | {len(p['seeds'])} | {_iv(p['difference'])} | {p['verdict']} |"
