@@ -42,22 +42,36 @@ def row_summary(dataset: str, row: str, seeds: dict[int, dict]) -> dict:
     return out
 
 
+def _compared_rows(suite, rows: dict[tuple[str, str], dict[int, dict]]):
+    """(compare, metric, dataset, a's seeds, b's seeds) for each `[[compare]]` on each dataset
+    holding both of its rows."""
+    for c in suite.compare:
+        for d in dict.fromkeys(d for d, _ in rows):
+            a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
+            if a and b:
+                yield c, c.get("metric", "kid"), d, a, b
+
+
+def _paired_gap(expect: str, a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """b - a paired over the seeds both have: those seeds, the difference's interval and the
+    verdict it gives on `expect`; None when they share no seed."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    iv = paired_difference(a, b)
+    return {"seeds": seeds, "difference": iv.as_dict(), "verdict": verdict(iv, expect)}
+
+
 def summarise(suite, records: list[dict]) -> dict:
     """Rows, comparisons, trends, the dense rate choice and budget curves of a suite's records."""
     rows = by_row(records)
     out: dict = {"rows": [row_summary(d, r, s) for (d, r), s in rows.items()], "comparisons": [], "trends": []}
     datasets = list(dict.fromkeys(d for d, _ in rows))
-    for c in suite.compare:
-        metric = c.get("metric", "kid")
-        for d in datasets:
-            a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
-            if not a or not b or not set(a) & set(b):
-                continue
-            iv = paired_difference({s: r[metric] for s, r in a.items()}, {s: r[metric] for s, r in b.items()})
+    for c, metric, d, a, b in _compared_rows(suite, rows):
+        gap = _paired_gap(c["expect"], {s: r[metric] for s, r in a.items()}, {s: r[metric] for s, r in b.items()})
+        if gap:
             out["comparisons"].append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d,
-                                       "a": c["a"], "b": c["b"], "metric": metric, "expect": c["expect"],
-                                       "seeds": sorted(set(a) & set(b)), "difference": iv.as_dict(),
-                                       "verdict": verdict(iv, c["expect"])})
+                                       "a": c["a"], "b": c["b"], "metric": metric, "expect": c["expect"], **gap})
     for t in suite.trends:
         metric = t.get("metric", "kid")
         for d in datasets:
@@ -135,26 +149,18 @@ def budget_gaps(suite, rows: dict[tuple[str, str], dict[int, dict]]) -> list[dic
     with), with its interval and verdict. Whether the ticket closes on the dense model, passes it
     or falls behind is the sign of these intervals from one iteration to the next."""
     out = []
-    for c in suite.compare:
-        metric = c.get("metric", "kid")
+    for c, metric, d, a, b in _compared_rows(suite, rows):
         if metric not in ("kid", "fid"):  # what a snapshot measures
             continue
-        for d in dict.fromkeys(d for d, _ in rows):
-            a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
-            if not a or not b:
-                continue
-            snaps = [{s: {p["iteration"]: p["heldout"][metric] for p in r.get("selection", [])}
-                      for s, r in x.items()} for x in (a, b)]
-            its = sorted({it for x in snaps for per_seed in x.values() for it in per_seed})
-            pts = []
-            for it in its:
-                pa = {s: v[it] for s, v in snaps[0].items() if it in v}
-                pb = {s: v[it] for s, v in snaps[1].items() if it in v}
-                if set(pa) & set(pb):
-                    iv = paired_difference(pa, pb)
-                    pts.append({"iteration": it, "seeds": sorted(set(pa) & set(pb)), "difference": iv.as_dict(),
-                                "verdict": verdict(iv, c["expect"])})
-            if pts:
-                out.append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d, "a": c["a"], "b": c["b"],
-                            "metric": metric, "expect": c["expect"], "points": pts})
+        snaps = [{s: {p["iteration"]: p["heldout"][metric] for p in r.get("selection", [])}
+                  for s, r in x.items()} for x in (a, b)]
+        its = sorted({it for x in snaps for per_seed in x.values() for it in per_seed})
+        pts = []
+        for it in its:
+            gap = _paired_gap(c["expect"], *({s: v[it] for s, v in x.items() if it in v} for x in snaps))
+            if gap:
+                pts.append({"iteration": it, **gap})
+        if pts:
+            out.append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d, "a": c["a"], "b": c["b"],
+                        "metric": metric, "expect": c["expect"], "points": pts})
     return out
