@@ -675,7 +675,8 @@ def summary_tables(summary: dict) -> list[str]:
                   f"{_iv(p['kid'])} | {_iv(p['fid'], 1)} |" for p in b["points"]]
         lines.append("")
     for g in summary.get("budget_gaps", []):
-        lines += [f"## Along the budget: {g['dataset']}, `{g['b']}` - `{g['a']}` ({g['claim']})", "",
+        lines += [f"## Along the budget: {g['dataset']}, `{g['b']}` - `{g['a']}` in {g['metric'].upper()} "
+                  f"({g['claim']})", "",
                   f"{g['what']}: the paired held-out {g['metric'].upper()} difference at each snapshot, over "
                   f"the seeds both reached it with (expected {g['expect']}).", "",
                   "| iteration | seeds | b - a [95%] | verdict |", "| --- | --- | --- | --- |"]
@@ -814,16 +815,17 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         fig.savefig(out / "budget.png", dpi=100)
         plt.close(fig)
     if summary.get("budget_gaps"):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for i, g in enumerate(summary["budget_gaps"]):
-            pts = g["points"]
-            _bars(ax, [p["iteration"] for p in pts], [p["difference"] for p in pts], marker="o", color=f"C{i % 10}",
-                  label=f"{g['dataset']}: {g['b']} - {g['a']}")
-        ax.axhline(0.0, color="k", lw=0.8)
-        m = summary["budget_gaps"][0]["metric"].upper()
-        ax.set(xlabel="iteration", ylabel=f"{m} difference b - a (held-out)", xscale="log",
-               title="paired gap along the budget: mean and 95% over seeds")
-        ax.legend(fontsize=7)
+        metrics = list(dict.fromkeys(g["metric"] for g in summary["budget_gaps"]))  # one panel each: KID, FID
+        fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            for i, g in enumerate(g for g in summary["budget_gaps"] if g["metric"] == m):
+                pts = g["points"]
+                _bars(ax, [p["iteration"] for p in pts], [p["difference"] for p in pts], marker="o",
+                      color=f"C{i % 10}", label=f"{g['dataset']}: {g['b']} - {g['a']}")
+            ax.axhline(0.0, color="k", lw=0.8)
+            ax.set(xlabel="iteration", ylabel=f"{m.upper()} difference b - a (held-out)", xscale="log",
+                   title=f"paired {m.upper()} gap along the budget: mean and 95% over seeds")
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "budget-gap.png", dpi=100)
         plt.close(fig)

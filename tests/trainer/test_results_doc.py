@@ -90,5 +90,6 @@ def test_results_md_states_the_budget_verdicts_and_the_gap_at_every_snapshot():
         assert _verdict_row(v) in RESULTS, _verdict_row(v)
     for g in BUDGET["summary"]["budget_gaps"]:
         for p in g["points"]:
-            row = f"| `{g['b']}` - `{g['a']}` | {p['iteration']} | {len(p['seeds'])} | {_iv(p['difference'])} | {p['verdict']} |"
+            row = (f"| `{g['b']}` - `{g['a']}` | {g['metric']} | {p['iteration']} | {len(p['seeds'])} | "
+                   f"{_iv(p['difference'])} | {p['verdict']} |")
             assert row in RESULTS, row

@@ -139,11 +139,14 @@ def test_budget_gaps_pair_each_snapshot_by_seed_and_match_scipys_paired_t(tmp_pa
            [run("ep-long", "global", s, ticket, its if s < 2 else its[:2]) for s in range(3)]
     suite = _suite(compare=[{"claim": "budget", "what": "ticket vs dense", "a": "dense-long", "b": "ep-long",
                              "expect": "higher"},
+                            {"claim": "budget", "what": "in FID", "a": "dense-long", "b": "ep-long", "metric": "fid",
+                             "expect": "higher"},
                             # a snapshot holds KID and FID only: a precision compare has no gap
                             {"claim": "budget", "a": "dense-long", "b": "ep-long", "metric": "precision",
                              "expect": "lower"}])
     out = summarise(suite, recs)
-    (g,) = out["budget_gaps"]
+    g, g_fid = out["budget_gaps"]
+    assert (g["metric"], g_fid["metric"]) == ("kid", "fid")
     assert [p["iteration"] for p in g["points"]] == list(its)
     assert [p["seeds"] for p in g["points"]] == [[0, 1, 2], [0, 1, 2], [0, 1]]
     for p in g["points"]:
@@ -152,10 +155,18 @@ def test_budget_gaps_pair_each_snapshot_by_seed_and_match_scipys_paired_t(tmp_pa
         ci = ref.confidence_interval()
         assert (p["difference"]["lo"], p["difference"]["hi"]) == pytest.approx((ci.low, ci.high))
     assert g["points"][0]["verdict"] == "reproduced" and g["points"][-1]["verdict"] == "contradicted"
+    # the FID gap pairs each snapshot's FID, not its KID
+    last = g_fid["points"][-1]
+    ci = stats.ttest_rel([100 * ticket[(s, 960)] for s in (0, 1)],
+                         [100 * dense[(s, 960)] for s in (0, 1)]).confidence_interval()
+    assert (last["difference"]["lo"], last["difference"]["hi"]) == pytest.approx((ci.low, ci.high))
     md = "\n".join(summary_tables(out))
-    assert "## Along the budget: d, `ep-long` - `dense-long` (budget)" in md and "| 960 | 2 |" in md
+    assert "## Along the budget: d, `ep-long` - `dense-long` in KID (budget)" in md and "| 960 | 2 |" in md
+    assert "## Along the budget: d, `ep-long` - `dense-long` in FID (budget)" in md
     plot_suite(suite, recs, tmp_path, out)
-    assert (tmp_path / "budget-gap.png").is_file()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "budget-gap.png").size == (1400, 400)  # a panel per metric
 
 
 def test_a_suite_with_seeds_names_one_run_per_seed_and_pairs_from_by_seed(tmp_path):
