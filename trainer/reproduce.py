@@ -818,7 +818,7 @@ def plot_suite(suite: Suite, records: list[dict], out: Path, summary: dict | Non
         metrics = list(dict.fromkeys(g["metric"] for g in summary["budget_gaps"]))  # one panel each: KID, FID
         fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4), squeeze=False)
         for ax, m in zip(axes[0], metrics):
-            for i, g in enumerate(g for g in summary["budget_gaps"] if g["metric"] == m):
+            for i, g in enumerate(x for x in summary["budget_gaps"] if x["metric"] == m):
                 pts = g["points"]
                 _bars(ax, [p["iteration"] for p in pts], [p["difference"] for p in pts], marker="o",
                       color=f"C{i % 10}", label=f"{g['dataset']}: {g['b']} - {g['a']}")

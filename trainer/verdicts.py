@@ -43,13 +43,14 @@ def row_summary(dataset: str, row: str, seeds: dict[int, dict]) -> dict:
 
 
 def _compared_rows(suite, rows: dict[tuple[str, str], dict[int, dict]]):
-    """(compare, metric, dataset, a's seeds, b's seeds) for each `[[compare]]` on each dataset
-    holding both of its rows."""
+    """(what the compare is, a's seeds, b's seeds) for each `[[compare]]` on each dataset holding
+    both of its rows; the first is the head of its entry in a summary."""
     for c in suite.compare:
         for d in dict.fromkeys(d for d, _ in rows):
             a, b = rows.get((d, c["a"])), rows.get((d, c["b"]))
             if a and b:
-                yield c, c.get("metric", "kid"), d, a, b
+                yield ({"claim": c["claim"], "what": c.get("what", ""), "dataset": d, "a": c["a"], "b": c["b"],
+                        "metric": c.get("metric", "kid"), "expect": c["expect"]}, a, b)
 
 
 def _paired_gap(expect: str, a: dict[int, float], b: dict[int, float]) -> dict | None:
@@ -67,11 +68,11 @@ def summarise(suite, records: list[dict]) -> dict:
     rows = by_row(records)
     out: dict = {"rows": [row_summary(d, r, s) for (d, r), s in rows.items()], "comparisons": [], "trends": []}
     datasets = list(dict.fromkeys(d for d, _ in rows))
-    for c, metric, d, a, b in _compared_rows(suite, rows):
-        gap = _paired_gap(c["expect"], {s: r[metric] for s, r in a.items()}, {s: r[metric] for s, r in b.items()})
+    for head, a, b in _compared_rows(suite, rows):
+        m = head["metric"]
+        gap = _paired_gap(head["expect"], {s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
         if gap:
-            out["comparisons"].append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d,
-                                       "a": c["a"], "b": c["b"], "metric": metric, "expect": c["expect"], **gap})
+            out["comparisons"].append({**head, **gap})
     for t in suite.trends:
         metric = t.get("metric", "kid")
         for d in datasets:
@@ -149,18 +150,18 @@ def budget_gaps(suite, rows: dict[tuple[str, str], dict[int, dict]]) -> list[dic
     with), with its interval and verdict. Whether the ticket closes on the dense model, passes it
     or falls behind is the sign of these intervals from one iteration to the next."""
     out = []
-    for c, metric, d, a, b in _compared_rows(suite, rows):
-        if metric not in ("kid", "fid"):  # what a snapshot measures
+    for head, a, b in _compared_rows(suite, rows):
+        m = head["metric"]
+        if m not in ("kid", "fid"):  # what a snapshot measures
             continue
-        snaps = [{s: {p["iteration"]: p["heldout"][metric] for p in r.get("selection", [])}
+        snaps = [{s: {p["iteration"]: p["heldout"][m] for p in r.get("selection", [])}
                   for s, r in x.items()} for x in (a, b)]
         its = sorted({it for x in snaps for per_seed in x.values() for it in per_seed})
         pts = []
         for it in its:
-            gap = _paired_gap(c["expect"], *({s: v[it] for s, v in x.items() if it in v} for x in snaps))
+            gap = _paired_gap(head["expect"], *({s: v[it] for s, v in x.items() if it in v} for x in snaps))
             if gap:
                 pts.append({"iteration": it, **gap})
         if pts:
-            out.append({"claim": c["claim"], "what": c.get("what", ""), "dataset": d, "a": c["a"], "b": c["b"],
-                        "metric": metric, "expect": c["expect"], "points": pts})
+            out.append({**head, "points": pts})
     return out
